@@ -46,9 +46,10 @@ class BoundingBox:
 
 def resample_to_spacing(volume: Volume, spacing_mm: tuple[float, float, float] | float, *,
                         is_label: bool = False, order: int = 1) -> Volume:
-    """Resample a volume to a new voxel size (mm), keeping the same field of view and orientation.
+    """Resample a volume to a new voxel size (mm), keeping the orientation and (to within a voxel) the FOV.
 
-    The new grid starts at the same world corner (edge of voxel 0) so that the FOV is preserved.
+    The new grid starts at the same world corner (edge of voxel 0); its size is the old extent divided by the
+    new spacing, rounded, so the far edge may move by up to half a new voxel. Outside samples repeat the edge.
     """
     spacing_new = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
     if np.any(spacing_new <= 0):
@@ -56,7 +57,7 @@ def resample_to_spacing(volume: Volume, spacing_mm: tuple[float, float, float] |
     spacing_old = np.asarray(volume.spacing)
     extent = np.asarray(volume.shape) * spacing_old
     shape_new = np.maximum(1, np.round(extent / spacing_new)).astype(int)
-    zoom = shape_new / np.asarray(volume.shape)
+    ratio = spacing_new / spacing_old  # old voxels per new voxel
     direction = volume.affine[:3, :3] / spacing_old
     affine_new = np.eye(4)
     affine_new[:3, :3] = direction * spacing_new
@@ -65,8 +66,8 @@ def resample_to_spacing(volume: Volume, spacing_mm: tuple[float, float, float] |
     affine_new[:3, 3] = corner + affine_new[:3, :3] @ (0.5 * np.ones(3))
     if np.allclose(shape_new, volume.shape) and np.allclose(spacing_new, spacing_old):
         return volume
-    # map new voxel centres to old voxel coordinates: old = (new + 0.5) / zoom - 0.5
-    coords = [(np.arange(n) + 0.5) / z - 0.5 for n, z in zip(shape_new, zoom, strict=True)]
+    # new voxel centres in old voxel coordinates (grids share the FOV corner): old = (new + 0.5) * ratio - 0.5
+    coords = [(np.arange(n) + 0.5) * r - 0.5 for n, r in zip(shape_new, ratio, strict=True)]
     if is_label:
         idx = [np.clip(np.rint(c), 0, s - 1).astype(int) for c, s in zip(coords, volume.shape, strict=True)]
         array = volume.array[np.ix_(*idx)]
