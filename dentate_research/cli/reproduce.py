@@ -1,0 +1,75 @@
+"""``reproduce``: run the paper's studies (tables T1-T6) from real training runs.
+
+    python -m dentate_research reproduce                      # experiment=smoke: minutes on a CPU
+    python -m dentate_research reproduce experiment=cpu       # the committed experiments/cpu tables
+    python -m dentate_research reproduce experiment=paper device=cuda data.manifest=/data/manifest.tsv
+    python -m dentate_research reproduce studies=[cohort,reliability]
+
+Hydra overrides select the preset (``configs/reproduce/experiment/*.yaml``) and change any leaf. Training runs
+are composed from ``configs/train.yaml`` with the preset's ``train_overrides``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _compose(config_dir: Path, name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def compose_train_config(overrides: list[str]):
+    """The train config (``configs/train.yaml``) with Hydra overrides, as ``train`` would compose it."""
+    from omegaconf import OmegaConf
+
+    cfg = _compose(CONFIG_DIR, "train", overrides)
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def settings_from_config(cfg, command: str = ""):
+    from dentate_research.studies import StudySettings
+
+    out_dir = Path(str(cfg.out_root)) / str(cfg.name)
+    return StudySettings(
+        name=str(cfg.name), out_dir=out_dir, work_dir=Path(str(cfg.work_root)) / str(cfg.name),
+        data_preset=cfg.data.preset, data_seed=int(cfg.data.seed),
+        manifest=Path(str(cfg.data.manifest)) if cfg.data.manifest else None, n_jobs=int(cfg.data.n_jobs),
+        n_folds=int(cfg.splits.n_folds), test_fraction=float(cfg.splits.test_fraction),
+        external_sites=list(cfg.splits.external_sites), split_seed=int(cfg.splits.seed), rater=str(cfg.rater),
+        studies=list(cfg.studies), architectures=list(cfg.architectures), pipeline_arch=str(cfg.pipeline_arch),
+        localizer_arch=str(cfg.localizer_arch), loso_sites=list(cfg.loso_sites or []),
+        train_overrides=list(cfg.train_overrides), localizer_overrides=list(cfg.localizer_overrides or []),
+        device=str(cfg.device), seed=int(cfg.seed), reuse_runs=bool(cfg.reuse_runs), command=command)
+
+
+def run_hydra(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        presets = sorted(p.stem for p in (CONFIG_DIR / "reproduce" / "experiment").glob("*.yaml"))
+        print(__doc__)
+        print(f"experiment presets: {', '.join(presets)}\nconfig: {CONFIG_DIR / 'reproduce' / 'reproduce.yaml'}")
+        return 0
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = _compose(CONFIG_DIR / "reproduce", "reproduce", argv)
+        settings = settings_from_config(cfg, "python -m dentate_research reproduce " + " ".join(argv))
+    except (HydraException, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(OmegaConf.to_yaml(cfg))
+    from dentate_research.studies import run_studies
+
+    written = run_studies(settings, compose_train_config)
+    print(f"wrote {len(written)} tables to {settings.out_dir}:")
+    for study, path in written.items():
+        print(f"  {study:<14} {path}")
+    return 0

@@ -1,0 +1,104 @@
+"""Export a manifest to the nnU-Net v2 raw dataset layout.
+
+``RAW_DIR/DatasetXXX_Name/imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``imagesTs/`` (cases not
+chosen for training, images only) and ``dataset.json`` (channel "QSM" -> per-case z-score normalization;
+labels background 0, left_DN 1, right_DN 2). Images and labels are written in canonical RAS on the same grid;
+images stored in ppb are converted to ppm (manifest column ``units``). This module does not import nnunetv2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .io import DataError, load_image, load_label, save_nifti
+from .manifest import Case, read_manifest
+
+NNUNET_LABELS = {"background": 0, "left_DN": 1, "right_DN": 2}
+_CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """'Dataset501_Dentate' from (501, 'Dentate'); ids 1-999, names of letters, digits, '-' and '_'."""
+    if not 1 <= int(dataset_id) <= 999:
+        raise ValueError(f"dataset_id must be in 1..999 (nnU-Net uses three digits), got {dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        raise ValueError(f"dataset name '{name}' may only contain letters, digits, '-' and '_'")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def _ppm(case: Case, array: np.ndarray) -> np.ndarray:
+    units = str(case.meta.get("units", "ppm") or "ppm").lower()
+    if units == "ppb":
+        return array / 1000.0
+    if units != "ppm":
+        raise DataError(f"case {case.case_id}: units '{units}' cannot be converted to ppm; allowed: ppm, ppb")
+    return array
+
+
+def export_nnunet(manifest: Path | str | list[Case], raw_dir: Path | str, dataset_id: int = 501,
+                  name: str = "Dentate", rater: str = "true", train_case_ids: list[str] | None = None,
+                  overwrite: bool = False, progress: bool = True) -> Path:
+    """Write an nnU-Net raw dataset and return its folder.
+
+    Args:
+        manifest: manifest path (TSV/CSV) or a list of Cases.
+        raw_dir: the nnU-Net raw folder (``nnUNet_raw``); the dataset goes into ``DatasetXXX_Name`` inside.
+        dataset_id, name: nnU-Net dataset ID (1-999) and name.
+        rater: whose labels to train on ('true' for phantoms, e.g. 'rater1' for real data).
+        train_case_ids: cases for imagesTr/labelsTr (default: all); the remaining cases go to imagesTs.
+        overwrite: replace an existing dataset folder's files.
+    """
+    cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    if not cases:
+        raise DataError(f"{manifest}: no cases to export")
+    by_id = {c.case_id: c for c in cases}
+    if train_case_ids is None:
+        train_ids = [c.case_id for c in cases]
+    else:
+        unknown = [i for i in train_case_ids if i not in by_id]
+        if unknown:
+            raise DataError(f"training case IDs {unknown[:5]} are not in the manifest "
+                            f"(known: {list(by_id)[:5]}...)")
+        train_ids = list(dict.fromkeys(train_case_ids))
+    if not train_ids:
+        raise DataError("no training cases selected; nnU-Net needs at least one")
+    bad = [i for i in by_id if not _CASE_ID_PATTERN.match(i)]
+    if bad:
+        raise DataError(f"case IDs {bad[:5]} are not valid nnU-Net identifiers "
+                        "(allowed: letters, digits, '_' and '-')")
+    no_label = [i for i in train_ids if rater not in by_id[i].labels]
+    if no_label:
+        raise DataError(f"rater '{rater}' has no label for training case(s) {no_label[:5]}; "
+                        f"available raters for {no_label[0]}: {sorted(by_id[no_label[0]].labels)}")
+    folder = Path(raw_dir) / dataset_folder_name(dataset_id, name)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder}: exists and is not empty; pass overwrite=True (CLI: --overwrite)")
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    train_set = set(train_ids)
+    for case in tqdm(cases, desc="nnU-Net export", disable=not progress):
+        image = load_image(case.image)
+        training = case.case_id in train_set
+        target = "imagesTr" if training else "imagesTs"
+        save_nifti(_ppm(case, image.array), image.affine, folder / target / f"{case.case_id}_0000.nii.gz")
+        if training:
+            label = load_label(case.label(rater), reference=image)
+            save_nifti(label.array, label.affine, folder / "labelsTr" / f"{case.case_id}.nii.gz",
+                       is_label=True)
+    dataset = {
+        "name": name,
+        "description": f"DN segmentation in QSM; labels from rater '{rater}'; exported by dentate_research",
+        "channel_names": {"0": "QSM"},
+        "labels": dict(NNUNET_LABELS),
+        "numTraining": len(train_ids),
+        "file_ending": ".nii.gz",
+        "rater": rater,
+        "sites": sorted({by_id[i].site for i in train_ids}),
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return folder

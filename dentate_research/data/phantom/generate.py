@@ -1,0 +1,348 @@
+"""Generate a synthetic multi-site QSM data set: images, true and rater DN labels, cerebellum masks, manifest.
+
+Pipeline per case (deterministic from ``(seed, site index, subject index)``):
+anatomy on a fine grid (site voxel / integer factor) -> dipole field (FFT forward model, B0 tilted per site)
+-> partial-volume block average to the site grid -> field noise -> dipole inversion (TKD / L2) -> site
+smoothing, gain, zero-reference offset, units -> simulated rater tracings -> NIfTI files (site orientation).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..io import DataError, save_nifti
+from ..manifest import Case, write_manifest
+from .anatomy import GROUPS, render_subject, sample_subject
+from .physics import b0_direction, block_average, forward_field, gaussian_smooth, reconstruct
+from .raters import RATER_STYLES, simulate_tracing
+from .sites import SITE_PROFILES, SiteProfile
+
+# World field of view (RAS mm) that holds the whole brain for all poses: [min, max] per axis.
+FOV_MM = ((-80.0, 80.0), (-118.0, 84.0), (-78.0, 90.0))
+# Group sequence cycled per site (offset by the site index): ~43 % healthy, like the paper's 141/328.
+GROUP_CYCLE = ("healthy", "FRDA", "MS", "healthy", "FRDA", "healthy", "FRDA")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Size preset.
+
+    Attributes:
+        name: preset name.
+        n_subjects_per_site: subjects per site (int) or one count per site in SITE_PROFILES order.
+        in_plane_mm: site voxel size override: in-plane size (mm); slices keep the site's aspect ratio,
+            capped at ``max_slice_mm``. None: the site's real voxel size.
+        max_slice_mm: cap on the slice thickness when ``in_plane_mm`` is set.
+        fine_mm: largest fine-grid spacing used for the anatomy and the forward model (mm); the fine grid
+            is the site grid divided by integer factors, so partial volume is an exact block average.
+        retrace_every: every n-th case (per site) is traced a second time by rater1.
+    """
+
+    name: str
+    n_subjects_per_site: int | tuple[int, ...]
+    in_plane_mm: float | None
+    max_slice_mm: float
+    fine_mm: float
+    retrace_every: int = 3
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", (2, 2, 2, 1, 1, 1, 1, 1, 1), 2.0, 3.0, 2.0, retrace_every=2),
+    "small": Preset("small", 5, 1.5, 3.0, 1.0),
+    "paper": Preset("paper", (40, 40, 36, 36, 36, 36, 36, 34, 34), None, 2.0, 1.0),
+}
+
+
+@dataclass
+class CaseResult:
+    """One written case, its generation time (s), DN volumes per rater and side (mm^3) and DN mean (ppm)."""
+
+    case: Case
+    seconds: float
+    volumes_mm3: dict[str, dict[int, float]] = field(default_factory=dict)
+    dn_mean_ppm: float = float("nan")
+
+
+def site_voxel_size(profile: SiteProfile, preset: Preset) -> tuple[float, float, float]:
+    """Voxel size (mm) of a site under a preset."""
+    if preset.in_plane_mm is None:
+        return tuple(float(v) for v in profile.voxel_size)  # type: ignore[return-value]
+    ratio = profile.voxel_size[2] / profile.voxel_size[0]
+    slice_mm = float(min(preset.in_plane_mm * ratio, preset.max_slice_mm))
+    return (preset.in_plane_mm, preset.in_plane_mm, slice_mm)
+
+
+def _grid(voxel: tuple[float, float, float], fine_mm: float):
+    """Site grid (shape, origin of voxel centre 0) and fine grid (factors, spacing, origin)."""
+    voxel_arr = np.asarray(voxel, float)
+    lo = np.array([f[0] for f in FOV_MM])
+    hi = np.array([f[1] for f in FOV_MM])
+    shape = np.ceil((hi - lo) / voxel_arr).astype(int)
+    shape += shape % 2  # even sizes
+    centre = 0.5 * (lo + hi)
+    origin = centre - 0.5 * (shape - 1) * voxel_arr
+    factors = np.maximum(1, np.ceil(voxel_arr / fine_mm - 1e-6)).astype(int)
+    fine_spacing = voxel_arr / factors
+    fine_origin = origin - 0.5 * voxel_arr + 0.5 * fine_spacing
+    return tuple(int(s) for s in shape), origin, tuple(int(f) for f in factors), fine_spacing, fine_origin
+
+
+def _affine(origin: np.ndarray, voxel: tuple[float, float, float]) -> np.ndarray:
+    affine = np.diag([*voxel, 1.0]).astype(float)
+    affine[:3, 3] = origin
+    return affine
+
+
+def save_oriented(array: np.ndarray, affine_ras: np.ndarray, path: Path, orientation: str,
+                  is_label: bool = False) -> Path:
+    """Save a canonical-RAS array in another voxel order (e.g. 'LAS', 'LPS') with the matching affine."""
+    target = nib.orientations.axcodes2ornt(tuple(orientation))
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), target)
+    data = nib.orientations.apply_orientation(array, transform)
+    affine = affine_ras @ nib.orientations.inv_ornt_aff(transform, array.shape)
+    return save_nifti(np.ascontiguousarray(data), affine, path, is_label=is_label)
+
+
+def volume_preserving_mask(fraction: np.ndarray) -> np.ndarray:
+    """Binary mask of the N voxels with the largest partial-volume fraction, N = round(sum of fractions).
+
+    The label volume then equals the continuous structure volume (a thin lamina cut at 50 % would lose a large
+    share of its volume on thick slices); voxels below 10 % are never included. Ties break by voxel order.
+    """
+    flat = fraction.ravel()
+    n = int(round(float(flat.sum(dtype=np.float64))))
+    mask = np.zeros(flat.shape, bool)
+    if n > 0:
+        order = np.argsort(-flat, kind="stable")[:n]
+        mask[order] = True
+        mask &= flat >= 0.1
+    return mask.reshape(fraction.shape)
+
+
+def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, preset: Preset, seed: int,
+                  group: str) -> dict[str, object]:
+    """Simulate one scan; returns arrays on the site grid (canonical RAS) and metadata (no file I/O)."""
+    rng = np.random.default_rng([seed, site_index, subject_index])
+    subject = sample_subject(rng, group)
+    voxel = site_voxel_size(profile, preset)
+    shape, origin, factors, fine_spacing, fine_origin = _grid(voxel, preset.fine_mm)
+    fine_shape = tuple(s * f for s, f in zip(shape, factors, strict=True))
+    anatomy = render_subject(subject, fine_origin, fine_spacing, fine_shape)  # type: ignore[arg-type]
+    b0 = b0_direction(profile.b0_tilt_deg + rng.normal(0, 1.0), profile.b0_azimuth_deg)
+    field_fine = forward_field(anatomy.chi, tuple(fine_spacing), b0)  # type: ignore[arg-type]
+    field = block_average(field_fine, factors)
+    del field_fine
+    chi_true = block_average(anatomy.chi, factors)
+    brain = block_average(anatomy.brain, factors) > 0.5
+    pv_left = block_average(anatomy.dentate == 1, factors)
+    pv_right = block_average(anatomy.dentate == 2, factors)
+    cerebellum = block_average(anatomy.cerebellum, factors) > 0.5
+    # Field noise: SD per voxel grows as the voxel shrinks (relative to 1 mm^3).
+    noise_sd = profile.field_noise_ppm / np.sqrt(float(np.prod(voxel)))
+    field = field + rng.normal(0, noise_sd, field.shape).astype(np.float32)
+    qsm = reconstruct(field, brain, voxel, b0, profile.reconstruction, tkd_threshold=profile.recon_param,
+                      regularization=profile.recon_param)
+    qsm = gaussian_smooth(qsm, profile.smooth_fwhm_mm, voxel)
+    qsm = np.where(brain, profile.gain * qsm + profile.offset_ppm, 0.0).astype(np.float32)
+    dn_true = np.zeros(shape, np.uint8)
+    dn_true[volume_preserving_mask(pv_left)] = 1
+    dn_true[volume_preserving_mask(pv_right) & (dn_true == 0)] = 2
+    raters = {}
+    retrace = subject_index % preset.retrace_every == 0
+    for name, style in RATER_STYLES.items():
+        if name == "rater1_retrace" and not retrace:
+            continue
+        session_rng = np.random.default_rng([seed, site_index, subject_index,
+                                             1 + list(RATER_STYLES).index(name)])
+        reading_rng = np.random.default_rng([seed, site_index, subject_index, 100 + sorted(
+            {s.person for s in RATER_STYLES.values()}).index(style.person)])
+        raters[name] = simulate_tracing(pv_left, pv_right, qsm, voxel, style, session_rng, reading_rng)
+    voxel_volume = float(np.prod(voxel))
+    dn_chi_true = float(np.mean([d.chi for d in subject.dentates]))
+    return {
+        "qsm": qsm, "chi_true": chi_true, "brain": brain, "dn_true": dn_true, "raters": raters,
+        "cerebellum": cerebellum, "affine": _affine(origin, voxel), "voxel": voxel, "subject": subject,
+        "dn_volume_left_mm3": float((dn_true == 1).sum() * voxel_volume),
+        "dn_volume_right_mm3": float((dn_true == 2).sum() * voxel_volume),
+        "dn_chi_true_ppm": dn_chi_true, "b0": b0, "factors": factors,
+    }
+
+
+def _write_case(out_dir: Path, site_index: int, subject_index: int, profile: SiteProfile, preset: Preset,
+                seed: int, group: str) -> CaseResult:
+    start = time.perf_counter()
+    sim = simulate_case(site_index, subject_index, profile, preset, seed, group)
+    case_id = f"{profile.name}_sub{subject_index + 1:03d}"
+    folder = out_dir / profile.name
+    affine = sim["affine"]
+    scale = 1000.0 if profile.units == "ppb" else 1.0
+    image = save_oriented(sim["qsm"] * scale, affine, folder / f"{case_id}_qsm.nii.gz", profile.orientation)
+    labels = {"true": save_oriented(sim["dn_true"], affine, folder / f"{case_id}_dn_true.nii.gz",
+                                    profile.orientation, is_label=True)}
+    for rater, array in sim["raters"].items():
+        labels[rater] = save_oriented(array, affine, folder / f"{case_id}_dn_{rater}.nii.gz",
+                                      profile.orientation, is_label=True)
+    cerebellum = save_oriented(sim["cerebellum"].astype(np.uint8), affine,
+                               folder / f"{case_id}_cerebellum.nii.gz",
+                               profile.orientation, is_label=True)
+    subject = sim["subject"]
+    voxel = sim["voxel"]
+    meta: dict[str, object] = {
+        "group": subject.group,
+        "age": round(subject.age, 1),
+        "sex": subject.sex,
+        "field_strength": profile.field_strength,
+        "voxel_size": ",".join(f"{v:g}" for v in voxel),
+        "reconstruction": profile.reconstruction,
+        "units": profile.units,
+        "orientation": profile.orientation,
+        "dn_volume_left_mm3": round(sim["dn_volume_left_mm3"], 1),
+        "dn_volume_right_mm3": round(sim["dn_volume_right_mm3"], 1),
+        "dn_chi_true_ppm": round(sim["dn_chi_true_ppm"], 4),
+    }
+    case = Case(case_id, case_id, profile.name, image, labels, cerebellum, meta)
+    voxel_mm3 = float(np.prod(voxel))
+    tracings = {"true": sim["dn_true"], **sim["raters"]}
+    volumes = {r: {side: float((a == side).sum() * voxel_mm3) for side in (1, 2)}
+               for r, a in tracings.items()}
+    dn_mean = float(sim["qsm"][sim["dn_true"] > 0].mean())
+    return CaseResult(case, time.perf_counter() - start, volumes, dn_mean)
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, float)
+    return {"mean": round(float(array.mean()), 4), "sd": round(float(array.std(ddof=1)), 4) if len(array) > 1
+            else float("nan"), "n": len(array)}
+
+
+def rater_volume_icc(results: list[CaseResult], rater_a: str, rater_b: str) -> dict[str, float] | None:
+    """ICC(2,1) (pingouin Type 'ICC(A,1)': two-way random, absolute agreement, single rater) of DN volume
+    per side between two tracings, over the cases that have both; None with fewer than 3 targets."""
+    import pandas as pd
+    import pingouin as pg
+
+    rows = [{"target": f"{r.case.case_id}_{side}", "rater": rater, "volume": r.volumes_mm3[rater][side]}
+            for r in results if rater_a in r.volumes_mm3 and rater_b in r.volumes_mm3
+            for rater in (rater_a, rater_b) for side in (1, 2)]
+    if len(rows) < 6:
+        return None
+    table = pg.intraclass_corr(pd.DataFrame(rows), targets="target", raters="rater", ratings="volume")
+    row = table.loc[table["Type"] == "ICC(A,1)"].iloc[0]
+    return {"icc": round(float(row["ICC"]), 3), "ci95": [float(x) for x in row["CI95"]],
+            "n_targets": len(rows) // 2}
+
+
+def dataset_statistics(results: list[CaseResult]) -> dict[str, object]:
+    """Per-group true DN volume per side (mm^3) and DN mean in the reconstructed image (ppm, after site gain
+    and offset) as mean/SD, and the rater reliability of DN volume (ICC(A,1), intrarater and interrater)."""
+    groups: dict[str, object] = {}
+    for group in GROUPS:
+        members = [r for r in results if r.case.meta["group"] == group]
+        if not members:
+            continue
+        groups[group] = {
+            "dn_volume_true_mm3": _mean_sd([r.volumes_mm3["true"][s] for r in members for s in (1, 2)]),
+            "dn_mean_image_ppm": _mean_sd([r.dn_mean_ppm for r in members]),
+            "dn_chi_true_ppm": _mean_sd([float(r.case.meta["dn_chi_true_ppm"]) for r in members]),
+        }
+    icc = {"intrarater_rater1_vs_retrace": rater_volume_icc(results, "rater1", "rater1_retrace"),
+           "interrater_rater1_vs_rater2": rater_volume_icc(results, "rater1", "rater2"),
+           "rater1_vs_true": rater_volume_icc(results, "rater1", "true")}
+    return {"groups": groups, "rater_volume_icc": icc}
+
+
+def _resolve(preset: str | Preset, n_subjects_per_site: int | dict[str, int] | None,
+             sites: list[str] | None) -> tuple[Preset, list[tuple[int, SiteProfile, int]]]:
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; allowed: {list(PRESETS)}")
+        preset = PRESETS[preset]
+    names = list(SITE_PROFILES)
+    chosen = names if sites is None else list(sites)
+    unknown = [s for s in chosen if s not in SITE_PROFILES]
+    if unknown:
+        raise ValueError(f"unknown site(s) {unknown}; allowed: {names}")
+    plan = []
+    for name in chosen:
+        index = names.index(name)
+        if n_subjects_per_site is None:
+            counts = preset.n_subjects_per_site
+            n = counts if isinstance(counts, int) else counts[index]
+        elif isinstance(n_subjects_per_site, dict):
+            n = int(n_subjects_per_site.get(name, 0))
+        else:
+            n = int(n_subjects_per_site)
+        if n < 0:
+            raise ValueError(f"n_subjects_per_site must be >= 0, got {n} for site {name}")
+        plan.append((index, SITE_PROFILES[name], n))
+    return preset, plan
+
+
+def generate_dataset(out_dir: Path | str, preset: str | Preset = "tiny", seed: int = 0, n_jobs: int = 1, *,
+                     n_subjects_per_site: int | dict[str, int] | None = None, sites: list[str] | None = None,
+                     overwrite: bool = False, progress: bool = True) -> Path:
+    """Generate the phantom data set and return the path of ``out_dir/manifest.tsv``.
+
+    Args:
+        out_dir: output folder (must be empty or absent unless ``overwrite``).
+        preset: 'tiny' (tests, seconds), 'small' (demo, minutes), 'paper' (328 subjects, hours) or a Preset.
+        seed: master seed; the same seed gives byte-identical arrays, whatever ``n_jobs``.
+        n_jobs: parallel worker processes (joblib).
+        n_subjects_per_site: override the preset's subjects per site (int, or {site: n}).
+        sites: subset of SITE_PROFILES names.
+        overwrite: allow writing into a non-empty folder (existing files are replaced).
+        progress: show a tqdm progress bar.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir}: output folder is not empty; choose another folder or pass "
+                              "overwrite=True (CLI: --overwrite)")
+    preset_obj, plan = _resolve(preset, n_subjects_per_site, sites)
+    jobs = []
+    for index, profile, n in plan:
+        for j in range(n):
+            group = GROUP_CYCLE[(index + j) % len(GROUP_CYCLE)]
+            jobs.append((index, j, profile, group))
+    if not jobs:
+        raise ValueError("nothing to generate: 0 subjects requested")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if n_jobs == 1:
+        results = [_write_case(out_dir, i, j, p, preset_obj, seed, g)
+                   for i, j, p, g in tqdm(jobs, desc=f"phantom {preset_obj.name}", disable=not progress)]
+    else:
+        from joblib import Parallel, delayed
+
+        runner = Parallel(n_jobs=n_jobs, return_as="generator")
+        results = list(tqdm(runner(delayed(_write_case)(out_dir, i, j, p, preset_obj, seed, g)
+                                   for i, j, p, g in jobs),
+                            total=len(jobs), desc=f"phantom {preset_obj.name}", disable=not progress))
+    total = time.perf_counter() - start
+    manifest = write_manifest([r.case for r in results], out_dir / "manifest.tsv")
+    summary = {
+        "preset": asdict(preset_obj),
+        "seed": seed,
+        "n_jobs": n_jobs,
+        "n_cases": len(results),
+        "groups": {g: sum(r.case.meta["group"] == g for r in results) for g in GROUPS},
+        "sites": {p.name: {**p.to_dict(), "voxel_size_generated": list(site_voxel_size(p, preset_obj)),
+                           "n_cases": n} for _, p, n in plan},
+        "timings_s": {"total": round(total, 3),
+                      "per_case": {r.case.case_id: round(r.seconds, 3) for r in results},
+                      "mean_per_case": round(float(np.mean([r.seconds for r in results])), 3)},
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "statistics": dataset_statistics(results),
+    }
+    (out_dir / "dataset_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return manifest

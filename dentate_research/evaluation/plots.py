@@ -1,0 +1,104 @@
+"""Figures from the per-case table: Bland-Altman, automated-vs-manual scatter, Dice per site (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .stats import bland_altman, pearson  # noqa: E402
+
+
+def bland_altman_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
+                      ref_col: str = "volume_ref_mm3", title: str = "", unit: str = "mm³") -> Path:
+    """One panel per side: difference (pred - ref) vs mean, with bias and 95 % limits of agreement."""
+    sides = [s for s in ("left", "right") if s in set(df["side"])] or sorted(set(df["side"]))
+    fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 4), squeeze=False)
+    for ax, side in zip(axes[0], sides, strict=True):
+        part = df[df["side"] == side]
+        a, b = part[pred_col].to_numpy(float), part[ref_col].to_numpy(float)
+        keep = np.isfinite(a) & np.isfinite(b)
+        a, b = a[keep], b[keep]
+        ba = bland_altman(a, b)
+        ax.scatter((a + b) / 2, a - b, s=14, alpha=0.8)
+        for y, style in ((ba["bias"], "-"), (ba["loa_low"], "--"), (ba["loa_high"], "--")):
+            if np.isfinite(y):
+                ax.axhline(y, color="k", linestyle=style, linewidth=1)
+        ax.set_title(f"{side}: bias {ba['bias']:.3g}, LoA [{ba['loa_low']:.3g}, {ba['loa_high']:.3g}] (n={ba['n']})",
+                     fontsize=9)
+        ax.set_xlabel(f"mean of methods ({unit})")
+        ax.set_ylabel(f"automated - reference ({unit})")
+    fig.suptitle(title or f"Bland-Altman: {pred_col} vs {ref_col}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scatter_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
+                 ref_col: str = "volume_ref_mm3", title: str = "") -> Path:
+    """Automated vs reference values per side with identity line and Pearson r."""
+    sides = [s for s in ("left", "right") if s in set(df["side"])] or sorted(set(df["side"]))
+    fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 4.5), squeeze=False)
+    for ax, side in zip(axes[0], sides, strict=True):
+        part = df[df["side"] == side]
+        for site, sp in part.groupby("site") if "site" in part else [("", part)]:
+            ax.scatter(sp[ref_col], sp[pred_col], s=14, label=str(site))
+        values = pd.concat([part[ref_col], part[pred_col]]).to_numpy(float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            lo, hi = values.min(), values.max()
+            ax.plot([lo, hi], [lo, hi], "k--", linewidth=1)
+        pr = pearson(part[pred_col], part[ref_col])
+        ax.set_title(f"{side}: r = {pr['r']:.2f} [{pr['ci95_low']:.2f}, {pr['ci95_high']:.2f}], n={pr['n']}",
+                     fontsize=9)
+        ax.set_xlabel(ref_col)
+        ax.set_ylabel(pred_col)
+        if part["site"].nunique() <= 12:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def dice_by_site_plot(df: pd.DataFrame, path: Path | str, metric: str = "dice", title: str = "") -> Path:
+    """Box plot of a metric per site, left and right side by side, one colour per method."""
+    sites = sorted(df["site"].astype(str).unique())
+    methods = list(dict.fromkeys(df["method"])) if "method" in df else [""]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(sites) * len(methods)), 4))
+    width = 0.8 / (2 * len(methods))
+    for m_i, method in enumerate(methods):
+        for s_i, side in enumerate(("left", "right")):
+            data, pos = [], []
+            for k, site in enumerate(sites):
+                v = df[(df["site"].astype(str) == site) & (df["side"] == side) & (df["method"] == method)][metric]
+                data.append(v.dropna().to_numpy(float))
+                pos.append(k + (m_i * 2 + s_i - len(methods) + 0.5) * width)
+            bp = ax.boxplot([d if d.size else [np.nan] for d in data], positions=pos, widths=width * 0.9,
+                            patch_artist=True, manage_ticks=False)
+            colour = plt.cm.tab10((m_i * 2 + s_i) % 10)
+            for box in bp["boxes"]:
+                box.set_facecolor(colour)
+            ax.plot([], [], color=colour, linewidth=6, label=f"{method} {side}".strip())
+    ax.set_xticks(range(len(sites)))
+    ax.set_xticklabels(sites, rotation=30)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    ax.set_title(title or f"{metric} per site")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,317 @@
+"""The trained-model contract: run directory, :class:`ModelCard`, :class:`StageModel`, :func:`load_stage_model`.
+
+A run directory written by :func:`dentate_research.training.train_stage` holds::
+
+    config.yaml            resolved configuration of the run
+    run_info.json          versions, git SHA, seed, device, timings
+    model.json             the ModelCard (everything inference needs besides the weights)
+    metrics.csv / .jsonl   one row per epoch (train loss, lr, validation metrics)
+    training_curve.png
+    checkpoints/best.pt, checkpoints/final.pt, checkpoints/last.pt   (MONAI networks)
+    nnunet/                nnU-Net raw/preprocessed/results folders (nnU-Net runs)
+
+``load_stage_model(run_dir).predict(volume)`` returns an integer label map on the input volume's grid:
+localization -> 0/1 (cerebellum), segmentation -> 0/1/2 (left/right DN in world RAS).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.geometry import resample_to_reference, resample_to_spacing
+from ..data.io import DataError, Volume
+from .inferer import InfererSettings, postprocess_labels, predict_probabilities, tta_flip_sets
+from .preprocessing import normalize_intensity
+
+MODEL_CARD_VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to apply a trained stage model (stored as ``model.json``).
+
+    Attributes:
+        stage: ``localization`` | ``segmentation``.
+        arch: registry name (``unet``, ``nnunet``, ...); ``framework``: ``monai`` | ``nnunet``.
+        arch_kwargs: network keyword arguments (MONAI) or the nnU-Net configuration summary.
+        classes: class names by label value (``["background", "left_dn", "right_dn"]``).
+        target_spacing_mm: voxel size the network works at (mm, canonical RAS axes x, y, z).
+        patch_size: training patch = sliding window (voxels).
+        normalization: ``{"scheme": ..., "clip_percentiles": [...]}`` (see ``normalize_intensity``).
+        inferer: sliding-window settings (overlap, Gaussian blending, TTA policy).
+        postprocess: ``{"largest_component_per_class": bool}``.
+        localization_target: what the localizer predicts (``cerebellum``), None for segmentation.
+        crop: how segmentation crops are made: ``{"source": "cerebellum"|"dn", "margin_mm": ..,
+            "jitter_mm": ..}``; for a localizer, the margin its bounding-box recall was measured with.
+        label_rater: which manifest label trained the model (``true`` for phantoms).
+        checkpoint: weights file relative to the run directory (MONAI) or the nnU-Net checkpoint.
+        nnunet: nnU-Net bookkeeping (plans/dataset.json paths, configuration, mirror axes) or None.
+        metrics: final validation metrics measured with this card's inference settings.
+        train_cases / val_cases: case IDs used (subject-level split).
+    """
+
+    stage: str
+    arch: str
+    framework: str
+    arch_kwargs: dict[str, Any]
+    classes: list[str]
+    target_spacing_mm: list[float]
+    patch_size: list[int]
+    normalization: dict[str, Any]
+    inferer: dict[str, Any]
+    postprocess: dict[str, Any] = field(default_factory=lambda: {"largest_component_per_class": True})
+    localization_target: str | None = None
+    crop: dict[str, Any] = field(default_factory=dict)
+    label_rater: str = "true"
+    in_channels: int = 1
+    checkpoint: str = "checkpoints/best.pt"
+    nnunet: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_cases: list[str] = field(default_factory=list)
+    val_cases: list[str] = field(default_factory=list)
+    seed: int = 0
+    created_utc: str = ""
+    schema_version: int = MODEL_CARD_VERSION
+
+    @property
+    def crop_margin_mm(self) -> float:
+        return float(self.crop.get("margin_mm", 0.0))
+
+    def to_json(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=1, default=_json_default) + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, path: Path | str) -> ModelCard:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: model card not found (is this a run directory written by 'train'?)")
+        data = json.loads(path.read_text())
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise DataError(f"{path}: unknown model card field(s) {unknown}")
+        return cls(**data)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+class StageModel:
+    """A trained stage ready for inference: ``predict(volume) -> labels on the volume's grid``."""
+
+    def __init__(self, card: ModelCard, run_dir: Path, device: torch.device):
+        self.card = card
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.settings = InfererSettings.from_dict(card.inferer, card.patch_size)
+
+    @property
+    def lateralized(self) -> bool:
+        return len(self.card.classes) >= 3
+
+    def _to_network_grid(self, volume: Volume) -> Volume:
+        spacing = tuple(self.card.target_spacing_mm)
+        if np.allclose(volume.spacing, spacing, atol=1e-3):
+            return volume
+        return resample_to_spacing(volume, spacing)
+
+    def predict_probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
+        """Class probabilities (C, X, Y, Z) on the network grid, and that grid (as a Volume of the input)."""
+        raise NotImplementedError
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        """Integer labels (uint8) on ``volume``'s grid (canonical RAS Volume as from ``load_image``)."""
+        if volume.array.ndim != 3:
+            raise DataError(f"expected a 3D volume, got shape {volume.array.shape}")
+        probs, grid = self.predict_probabilities(volume)
+        if grid.shape != volume.shape or not np.allclose(grid.affine, volume.affine, atol=1e-3):
+            channels = [resample_to_reference(Volume(p.astype(np.float32), grid.affine), volume, order=1).array
+                        for p in probs]
+            probs = np.stack(channels)
+        labels = np.argmax(probs, axis=0).astype(np.uint8)
+        return postprocess_labels(labels, bool(self.card.postprocess.get("largest_component_per_class", True)))
+
+
+class MonaiStageModel(StageModel):
+    """Stage model backed by a MONAI network and our sliding-window inferer."""
+
+    def __init__(self, card: ModelCard, run_dir: Path, device: torch.device, checkpoint: str | None = None):
+        super().__init__(card, run_dir, device)
+        from ..models import build_network
+
+        self.network = build_network(card.arch, card.in_channels, len(card.classes), card.patch_size,
+                                     card.arch_kwargs)
+        ckpt_path = self.run_dir / (checkpoint or card.checkpoint)
+        if not ckpt_path.exists():
+            raise DataError(f"{ckpt_path}: checkpoint not found in run directory {self.run_dir}")
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        self.network.load_state_dict(state.get("model", state))
+        self.network.to(device).eval()
+
+    def predict_probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
+        grid = self._to_network_grid(volume)
+        image = normalize_intensity(grid.array, **self.card.normalization)
+        probs = predict_probabilities(self.network, image, self.settings, self.device, lr_axis=0,
+                                      lateralized=self.lateralized)
+        return probs, grid
+
+
+class NnUNetStageModel(StageModel):
+    """Stage model backed by nnU-Net's own predictor (nnUNetPredictor.manual_initialization).
+
+    nnU-Net reads NIfTI with SimpleITK, so its arrays are (z, y, x) = our canonical RAS arrays transposed; the
+    left-right axis is nnU-Net's LAST axis. Mirroring TTA is restricted to the non-LR axes
+    (``inference_allowed_mirroring_axes`` saved by the trainer); nnU-Net does its own resampling and z-score.
+    """
+
+    def __init__(self, card: ModelCard, run_dir: Path, device: torch.device, checkpoint: str | None = None):
+        super().__init__(card, run_dir, device)
+        from .nnunet_runner import build_nnunet_predictor
+
+        if card.nnunet is None:
+            raise DataError(f"{run_dir}/model.json: framework nnunet but no 'nnunet' section")
+        self.predictor = build_nnunet_predictor(self.run_dir, card, device, checkpoint)
+
+    def _predict_once(self, array: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
+        zyx = np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.float32)[None]
+        spacing_zyx = [float(s) for s in spacing_xyz[::-1]]
+        _, probs = self.predictor.predict_single_npy_array(zyx, {"spacing": spacing_zyx}, None, None, True)
+        return np.asarray(probs, dtype=np.float32).transpose(0, 3, 2, 1)  # (C, z, y, x) -> (C, x, y, z)
+
+    def predict_probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
+        total = None
+        flips = tta_flip_sets(self.settings.tta, 0)
+        for flip in flips:
+            array = np.flip(volume.array, flip) if flip else volume.array
+            probs = self._predict_once(array, volume.spacing)
+            if flip:
+                probs = np.flip(probs, tuple(a + 1 for a in flip))
+                if self.lateralized and 0 in flip:
+                    probs = probs[[0, 2, 1] + list(range(3, probs.shape[0]))]
+            total = probs if total is None else total + probs
+        return np.ascontiguousarray(total / len(flips)), volume  # type: ignore[operator]
+
+
+def load_stage_model(run_dir: Path | str, device: str | torch.device = "cpu",
+                     checkpoint: str | None = None) -> StageModel:
+    """Load a trained stage from its run directory (MONAI or nnU-Net).
+
+    Args:
+        run_dir: folder written by ``train`` (contains model.json).
+        device: ``cpu`` or ``cuda`` (error if CUDA is requested but unavailable).
+        checkpoint: weights file relative to ``run_dir`` (default: the card's, i.e. the best checkpoint).
+    """
+    run_dir = Path(run_dir)
+    card = ModelCard.from_json(run_dir / "model.json")
+    dev = resolve_device(str(device))
+    if card.framework == "monai":
+        return MonaiStageModel(card, run_dir, dev, checkpoint)
+    if card.framework == "nnunet":
+        return NnUNetStageModel(card, run_dir, dev, checkpoint)
+    raise DataError(f"{run_dir}/model.json: unknown framework '{card.framework}'; allowed: monai, nnunet")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (cuda if available). Requesting absent CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' requested but CUDA is not available (torch {torch.__version__}, "
+                             f"cuda build: {torch.version.cuda}); use trainer.device=cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device '{name}' unknown; allowed: cpu, cuda, cuda:N, auto")
+
+
+def git_sha(repo_dir: Path | None = None) -> dict[str, Any]:
+    """Git commit of the code (None when not a repository or no commit yet) and whether the tree is dirty."""
+    repo_dir = repo_dir or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
+                             timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo_dir, capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha.stdout.strip() if sha.returncode == 0 else None,
+            "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the main libraries."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("dentate_research", "torch", "monai", "nnunetv2", "dynamic_network_architectures", "numpy",
+                "hydra-core", "wandb"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def write_run_info(run_dir: Path, *, seed: int, device: str, timings: dict[str, float],
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write ``run_info.json`` (versions, git SHA, seed, device, timings in s)."""
+    info = {"seed": seed, "device": device, "timings_s": timings, "versions": versions(), "git": git_sha(),
+            "host": platform.node(), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info.update(extra or {})
+    path = Path(run_dir) / "run_info.json"
+    path.write_text(json.dumps(info, indent=1, default=_json_default) + "\n")
+    return path
+
+
+def plot_training_curve(rows: list[dict[str, Any]], path: Path | str, title: str = "") -> Path | None:
+    """Training loss and validation metrics per epoch as a PNG (None when there are no rows)."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    epochs = [r["epoch"] for r in rows]
+    if any(r.get("train_loss") is not None for r in rows):
+        ax.plot(epochs, [r.get("train_loss", np.nan) for r in rows], color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    for key, color in (("val_dice_left", "tab:red"), ("val_dice_right", "tab:green"),
+                       ("val_dice_cerebellum", "tab:purple"), ("val_bbox_recall", "tab:orange")):
+        vals = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+        if vals:
+            ax2.plot(*zip(*vals, strict=True), "o-", color=color, label=key)
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("validation")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    if handles:
+        ax.legend(handles, labels, loc="center right", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,183 @@
+"""One torch training loop for every MONAI network (DiceCE loss, AdamW/SGD, poly/cosine LR, AMP, resume).
+
+Budget = ``epochs`` x ``iterations_per_epoch`` batches of random patches; validation every ``val_every``
+epochs runs the full sliding-window inferer on the validation cases (the same one inference uses) and the
+best checkpoint is chosen by :func:`~dentate_research.training.validation.selection_score`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from tqdm.auto import tqdm
+
+from ..models import build_network, get_arch
+from .augmentation import AugmentationSettings, Augmenter
+from .datasets import PatchSampler
+from .inferer import InfererSettings, postprocess_labels, predict_probabilities
+from .loggers import RunLogger
+from .preprocessing import StageSample
+from .validation import selection_score, stage_metrics
+
+LR_SCHEDULES = ("poly", "cosine", "constant")
+
+
+@dataclass
+class LoopSettings:
+    """Training budget and optimisation settings (see configs/trainer)."""
+
+    epochs: int
+    iterations_per_epoch: int
+    batch_size: int = 2
+    val_every: int = 1
+    optimizer: str | None = None  # None: the architecture's recommendation
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    lr_schedule: str = "poly"
+    warmup_iterations: int = 0
+    grad_clip: float | None = 12.0
+    amp: bool = False
+    foreground_prob: float = 0.33
+    resume: bool = False
+
+
+def make_optimizer(params: Any, arch: str, s: LoopSettings) -> torch.optim.Optimizer:
+    """The architecture's recommended optimizer, with any setting given in ``s`` taking precedence."""
+    rec = get_arch(arch).optimizer
+    name = s.optimizer or rec.name
+    lr = float(s.lr if s.lr is not None else rec.lr)
+    wd = float(s.weight_decay if s.weight_decay is not None else rec.weight_decay)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "SGD":
+        momentum = float(s.momentum if s.momentum is not None else rec.momentum)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=momentum > 0)
+    raise ValueError(f"trainer.optimizer.name '{name}' unknown; allowed: AdamW, Adam, SGD")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, s: LoopSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration LR multiplier: linear warm-up, then poly (exponent 0.9), cosine or constant."""
+    if s.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"trainer.lr_schedule '{s.lr_schedule}' unknown; allowed: {list(LR_SCHEDULES)}")
+    total = max(1, s.epochs * s.iterations_per_epoch)
+    warm = max(0, int(s.warmup_iterations))
+
+    def factor(it: int) -> float:
+        if it < warm:
+            return (it + 1) / warm
+        frac = min(1.0, (it - warm) / max(1, total - warm))
+        if s.lr_schedule == "poly":
+            return (1 - frac) ** 0.9
+        if s.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * frac))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _save(path: Path, **state: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, Any], classes: Sequence[str],
+                train_samples: Sequence[StageSample], val_samples: Sequence[StageSample],
+                patch_size: Sequence[int], loop: LoopSettings, augmentation: AugmentationSettings,
+                inferer: InfererSettings, postprocess: bool, margin_mm: float, device: torch.device,
+                logger: RunLogger, seed: int = 0) -> dict[str, Any]:
+    """Train a MONAI network; writes checkpoints/{last,best,final}.pt; returns the best validation metrics."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    lateralized = stage == "segmentation"
+    network = build_network(arch, 1, len(classes), patch_size, arch_kwargs).to(device)
+    optimizer = make_optimizer(network.parameters(), arch, loop)
+    scheduler = make_scheduler(optimizer, loop)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    use_amp = bool(loop.amp)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
+    augmenter = Augmenter(augmentation, lateralized_labels=lateralized, seed=seed)
+    sampler = PatchSampler(train_samples, patch_size, loop.batch_size, loop.foreground_prob, augmenter, seed)
+
+    start_epoch, best_score, best_metrics = 0, -math.inf, {}
+    last = ckpt_dir / "last.pt"
+    if loop.resume and last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_score = int(state["epoch"]) + 1, float(state["best_score"])
+        best_metrics = state.get("best_metrics", {})
+        sampler.rng = np.random.default_rng([seed, start_epoch])
+        logger.load_existing()
+
+    def predict(sample: StageSample) -> np.ndarray:
+        probs = predict_probabilities(network, sample.image, inferer, device, 0, lateralized, use_amp)
+        return postprocess_labels(np.argmax(probs, axis=0).astype(np.uint8), postprocess)
+
+    iteration = start_epoch * loop.iterations_per_epoch
+    for epoch in range(start_epoch, loop.epochs):
+        network.train()
+        t0 = time.perf_counter()
+        losses = []
+        bar = tqdm(range(loop.iterations_per_epoch), desc=f"{arch} epoch {epoch + 1}/{loop.epochs}", leave=False)
+        for _ in bar:
+            x, y = sampler.next_batch()
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = network(x)
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+                loss = loss_fn(logits.float(), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if loop.grad_clip:
+                torch.nn.utils.clip_grad_norm_(network.parameters(), float(loop.grad_clip))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            iteration += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "train_loss": float(np.mean(losses)),
+                               "lr": float(optimizer.param_groups[0]["lr"]),
+                               "epoch_time_s": time.perf_counter() - t0}
+        is_last = epoch + 1 == loop.epochs
+        if val_samples and ((epoch + 1) % max(1, loop.val_every) == 0 or is_last):
+            with torch.no_grad():
+                metrics = stage_metrics(stage, predict, val_samples, margin_mm)
+            row.update({k: v for k, v in metrics.items() if k != "per_case"})
+            score = selection_score(stage, metrics)
+            row["val_score"] = score
+            if score > best_score:
+                best_score, best_metrics = score, {k: v for k, v in metrics.items() if k != "per_case"}
+                best_metrics["epoch"] = epoch + 1
+                _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics=best_metrics)
+        elif not val_samples and is_last:
+            _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics={})
+        logger.log(row)
+        _save(last, model=network.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+              epoch=epoch, best_score=best_score, best_metrics=best_metrics)
+    _save(ckpt_dir / "final.pt", model=network.state_dict(), epoch=loop.epochs - 1)
+    if not (ckpt_dir / "best.pt").exists():  # resumed after the last epoch, or validation never ran
+        _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=loop.epochs - 1, metrics={})
+    return best_metrics

@@ -1,0 +1,238 @@
+"""Training: preprocessing, laterality-safe augmentation/TTA, every architecture trains and predicts, nnU-Net."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dentate_research.data.geometry import BoundingBox, crop
+from dentate_research.data.io import load_image, load_label
+from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, check_sides
+from dentate_research.data.manifest import read_manifest
+from dentate_research.training.artifacts import ModelCard, load_stage_model, resolve_device
+from dentate_research.training.augmentation import AugmentationSettings, Augmenter
+from dentate_research.training.datasets import PatchSampler
+from dentate_research.training.inferer import InfererSettings, predict_probabilities
+from dentate_research.training.preprocessing import normalize_intensity, prepare_samples
+from dentate_research.training.toy_data import make_toy_case, make_toy_dataset
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# tiny network settings: every architecture trains in seconds on 32^3 patches
+TINY_ARCH = {
+    "unet": ["arch.kwargs.channels=[8,16,32]", "arch.kwargs.strides=[2,2]", "arch.kwargs.num_res_units=1"],
+    "attention_unet": ["arch.kwargs.channels=[8,16,32]", "arch.kwargs.strides=[2,2]"],
+    "segresnet": ["arch.kwargs.init_filters=8", "arch.kwargs.blocks_down=[1,1,1]", "arch.kwargs.blocks_up=[1,1]"],
+    "unetr": ["arch.kwargs.feature_size=8", "arch.kwargs.hidden_size=32", "arch.kwargs.mlp_dim=64",
+              "arch.kwargs.num_heads=2", "trainer.iterations_per_epoch=1"],
+    "swin_unetr": ["arch.kwargs.feature_size=12", "arch.kwargs.depths=[1,1,1,1]", "arch.kwargs.num_heads=[1,1,1,1]",
+                   "trainer.iterations_per_epoch=1", "data.grid.segmentation.patch_size=[64,32,32]"],
+    "nnunet": ["arch.kwargs.n_stages=3", "arch.kwargs.features_base=8", "arch.kwargs.max_features=32"],
+}
+
+
+@pytest.fixture(scope="module")
+def toy_manifest(tmp_path_factory) -> Path:
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), n_cases=5, seed=1)
+
+
+def toy_config(manifest: Path, run_dir: Path, arch: str, stage: str = "segmentation", extra: list[str] = ()):
+    cases = [c.case_id for c in read_manifest(manifest)]
+    overrides = [
+        f"+arch={arch}", f"stage={stage}", "trainer=smoke", "logger=none", "data=manifest",
+        f"data.manifest={manifest}", "data.grid.segmentation.spacing_mm=2.0",
+        "data.grid.segmentation.patch_size=[32,32,32]", "data.grid.localization.spacing_mm=4.0",
+        "data.grid.localization.patch_size=[32,32,32]", "data.label_rater='true'", "split=explicit",
+        f"split.train=[{','.join(cases[:3])}]", f"split.val=[{cases[3]}]", f"paths.run_dir={run_dir}",
+        "trainer.epochs=1", "stage.crop.margin_mm=6.0", *TINY_ARCH[arch], *extra]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    OmegaConf.resolve(cfg)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def test_normalize_zscore_nonzero_keeps_background_zero():
+    rng = np.random.default_rng(0)
+    array = np.zeros((10, 10, 10), np.float32)
+    array[2:8, 2:8, 2:8] = rng.normal(0.05, 0.02, (6, 6, 6))
+    out = normalize_intensity(array, "zscore_nonzero")
+    inside = array != 0
+    assert abs(out[inside].mean()) < 1e-5 and abs(out[inside].std() - 1) < 1e-4
+    assert np.all(out[~inside] == 0)
+    spiky = array.copy()
+    spiky[4, 4, 4] = 50.0  # a streak/vein outlier: robust clipping bounds it
+    assert normalize_intensity(spiky, "robust_zscore_nonzero").max() < normalize_intensity(spiky).max()
+    with pytest.raises(ValueError, match="allowed"):
+        normalize_intensity(array, "minmax")
+
+
+def test_segmentation_crop_contains_dn_even_with_jitter(toy_manifest):
+    cases = read_manifest(toy_manifest)
+    crop = {"source": "cerebellum", "margin_mm": 4.0, "jitter_mm": 6.0}
+    samples = prepare_samples(cases, "segmentation", spacing_mm=2.0, normalization={"scheme": "zscore_nonzero"},
+                              crop_cfg=crop, training=True, seed=3)
+    for case, sample in zip(cases, samples, strict=True):
+        dn = load_label(case.labels["true"])
+        assert (sample.label == LEFT_DN).sum() == (dn.array == LEFT_DN).sum()  # whole DN inside the crop
+        assert (sample.label == RIGHT_DN).sum() == (dn.array == RIGHT_DN).sum()
+        assert check_sides(sample.label, sample.affine)["sides_consistent"] is True  # LAS files handled
+        assert sample.raw_image is not None and sample.image.shape == sample.label.shape
+
+
+# ---------------------------------------------------------------- laterality
+
+def test_lr_flip_augmentation_keeps_world_sides():
+    image, labels, _, affine = make_toy_case(rng=np.random.default_rng(0))
+    settings = AugmentationSettings(lr_flip="swap_labels", lr_flip_prob=1.0, affine_prob=0, intensity_prob=0,
+                                    noise_prob=0, smooth_prob=0)
+    aug_image, aug_labels = Augmenter(settings, lateralized_labels=True)(image, labels, affine)
+    assert not np.array_equal(aug_image, image)  # the image really was mirrored
+    sides = check_sides(aug_labels, affine)
+    assert sides["left_x_mm"] < 0 < sides["right_x_mm"]  # label 1 is still at world x < 0 (anatomical left)
+    # the mirrored bright blob now at world x < 0 is the (smaller) right DN of the original, labelled 1
+    assert (aug_labels == LEFT_DN).sum() == (labels == RIGHT_DN).sum()
+    assert np.all(aug_image[aug_labels == LEFT_DN] > 0.1)
+
+
+def test_plain_lr_flip_rejected_for_lateralized_labels():
+    with pytest.raises(ValueError, match="swap"):
+        Augmenter(AugmentationSettings(lr_flip="plain"), lateralized_labels=True)
+    with pytest.raises(ValueError, match="left-right axis"):
+        aug = Augmenter(AugmentationSettings(other_flip_axes=[0], lr_flip="none"), lateralized_labels=True)
+        image, labels, _, affine = make_toy_case()
+        aug(image, labels, affine)
+
+
+class _PositionNet(torch.nn.Module):
+    """Predicts class 1 on the array-left half and class 2 on the right half, whatever the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[2]
+        logits = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        logits[:, 1, : n // 2] = 5
+        logits[:, 2, n // 2:] = 5
+        return logits
+
+
+def test_tta_lr_flip_swaps_channels_back():
+    image = np.random.default_rng(0).normal(size=(32, 16, 16)).astype(np.float32)
+    net = _PositionNet()
+    plain = predict_probabilities(net, image, InfererSettings((32, 16, 16), tta="none"))
+    for policy in ("lr_swap", "all_flips_lr_swap"):
+        tta = predict_probabilities(net, image, InfererSettings((32, 16, 16), tta=policy))
+        np.testing.assert_array_equal(tta.argmax(0), plain.argmax(0))
+        assert tta[1, :16].mean() > 0.9  # without the swap, left/right would be mixed 50/50
+
+
+def test_patch_sampler_shapes_and_foreground(toy_manifest):
+    cases = read_manifest(toy_manifest)[:2]
+    samples = prepare_samples(cases, "segmentation", spacing_mm=2.0, normalization={"scheme": "zscore_nonzero"},
+                              crop_cfg={"margin_mm": 4.0})
+    sampler = PatchSampler(samples, (32, 32, 32), batch_size=4, foreground_prob=1.0, seed=0)
+    x, y = sampler.next_batch()
+    assert x.shape == (4, 1, 32, 32, 32) and y.shape == (4, 1, 32, 32, 32)
+    assert all(y[i].max() > 0 for i in range(4))  # foreground-centred patches
+
+
+# ---------------------------------------------------------------- errors
+
+def test_device_and_arch_errors_are_clear(tmp_path, toy_manifest):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    from dentate_research.training.api import train_stage
+
+    cfg = toy_config(toy_manifest, tmp_path / "run", "unet")
+    del cfg["arch"]
+    with pytest.raises(ValueError, match="choices: .*nnunet.*unetr"):
+        train_stage(cfg)
+    bad = toy_config(toy_manifest, tmp_path / "run2", "unetr")
+    bad.stage.patch_size = [40, 40, 40]
+    bad.data.manifest = "/nonexistent/manifest.tsv"  # the patch check must fire before any data is read
+    with pytest.raises(ValueError, match="divisible by 16"):
+        train_stage(bad)
+
+
+# ---------------------------------------------------------------- every architecture
+
+def _check_prediction(run_dir: Path, manifest: Path, stage: str):
+    model = load_stage_model(run_dir)
+    assert isinstance(model.card, ModelCard) and model.card.stage == stage
+    case = read_manifest(manifest)[4]  # unseen case, stored LAS on disk
+    volume = load_image(case.image)
+    if stage == "segmentation":  # the segmentation stage receives a crop (any size, native grid)
+        volume = crop(volume, BoundingBox((8, 4, 4), (48, 36, 28)))
+    labels = model.predict(volume)
+    assert labels.shape == volume.shape and labels.dtype == np.uint8
+    allowed = {0, 1} if stage == "localization" else {0, 1, 2}
+    assert set(np.unique(labels).tolist()) <= allowed
+    for name in ("config.yaml", "run_info.json", "model.json", "metrics.csv", "training_curve.png"):
+        assert (run_dir / name).exists(), name
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["seed"] == 0 and "torch" in info["versions"] and "sha" in info["git"]
+    return model, volume
+
+
+@pytest.mark.parametrize("arch", ["unet", "attention_unet", "segresnet", "unetr", "swin_unetr"])
+def test_monai_architecture_trains_and_predicts(arch, tmp_path, toy_manifest):
+    from dentate_research.training.api import train_stage
+
+    run_dir = train_stage(toy_config(toy_manifest, tmp_path / arch, arch))
+    assert (run_dir / "checkpoints" / "best.pt").exists() and (run_dir / "checkpoints" / "final.pt").exists()
+    card = json.loads((run_dir / "model.json").read_text())
+    assert card["arch"] == arch and 0 <= card["metrics"]["val_dice_left"] <= 1
+    _check_prediction(run_dir, toy_manifest, "segmentation")
+
+
+def test_localization_stage_logs_bbox_recall_and_resumes(tmp_path, toy_manifest):
+    from dentate_research.training.api import train_stage
+
+    run_dir = train_stage(toy_config(toy_manifest, tmp_path / "loc", "unet", "localization"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_bbox_recall", "val_dn_voxel_recall", "val_crop_size_mm_x", "val_dice_cerebellum"} <= set(rows[0])
+    _check_prediction(run_dir, toy_manifest, "localization")
+    # resume: one more epoch continues from checkpoints/last.pt
+    cfg = toy_config(toy_manifest, run_dir, "unet", "localization", ["trainer.epochs=2", "trainer.resume=true"])
+    train_stage(cfg)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r.get("phase") != "final"] == [1, 2]
+
+
+@pytest.mark.slow
+def test_nnunet_plans_trains_and_predicts(tmp_path, toy_manifest):
+    from dentate_research.training.api import train_stage
+
+    run_dir = train_stage(toy_config(toy_manifest, tmp_path / "nnunet", "nnunet"))
+    card = json.loads((run_dir / "model.json").read_text())
+    nn = card["nnunet"]
+    splits = json.loads(next((run_dir / "nnunet" / "preprocessed").glob("*/splits_final.json")).read_text())
+    assert splits == [{"train": card["train_cases"], "val": card["val_cases"]}]  # our split, not nnU-Net's
+    assert nn["lr_axis"] == nn["transpose_forward"].index(2)
+    assert nn["lr_axis"] not in nn["inference_allowed_mirroring_axes"]  # no left-right mirroring
+    plans = json.loads((run_dir / nn["plans"]).read_text())
+    assert plans["configurations"]["dentate"]["patch_size"] == [32, 32, 32]
+    assert (run_dir / nn["checkpoints"]["final"]).exists()
+    model, volume = _check_prediction(run_dir, toy_manifest, "segmentation")
+    model.settings.tta = "lr_swap"  # our laterality-safe TTA on top of nnU-Net's predictor (its mirroring is off)
+    assert model.predict(volume).shape == volume.shape
+    assert model.predictor.use_mirroring is False
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path, toy_manifest):
+    from dentate_research.training.api import train_stage
+
+    losses = []
+    for name in ("a", "b"):
+        run_dir = train_stage(toy_config(toy_manifest, tmp_path / name, "unet"))
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses.append([r["train_loss"] for r in rows if r.get("phase") != "final"])
+    assert losses[0] == losses[1]
