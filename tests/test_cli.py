@@ -41,6 +41,6 @@ def test_unknown_verb():
 
 def test_ruff_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    result = subprocess.run([ruff, "check", "dentate_research", "tests", "benchmarks"], capture_output=True,
-                            text=True, cwd=ROOT)
+    result = subprocess.run([ruff, "check", "dentate_research", "tests", "benchmarks", "notebooks"],
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -236,3 +236,20 @@ def test_training_is_deterministic_for_a_seed(tmp_path, toy_manifest):
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses.append([r["train_loss"] for r in rows if r.get("phase") != "final"])
     assert losses[0] == losses[1]
+
+
+def test_nnunet_lr_mirror_swaps_labels():
+    from dentate_research.training.nnunet_runner import _lr_swap_mirror_transform, lr_axis_in_nnunet
+
+    axis = lr_axis_in_nnunet([0, 1, 2])
+    assert axis == 2  # SimpleITK (z, y, x): for canonical RAS files the left-right axis is the last one
+    seg = torch.zeros(1, 4, 4, 8, dtype=torch.int16)
+    seg[0, :, :, :2] = LEFT_DN  # low x index = world left in RAS
+    seg[0, :, :, 6:] = RIGHT_DN
+    seg[0, 0, 0, 3] = -1  # nnU-Net's outside-mask marker is untouched
+    image = torch.arange(8, dtype=torch.float32).expand(1, 4, 4, 8).clone()
+    out = _lr_swap_mirror_transform(axis, probability=1.0)(image=image, segmentation=seg)
+    assert torch.equal(out["image"][0, 0, 0], torch.arange(7, -1, -1, dtype=torch.float32))
+    assert torch.all(out["segmentation"][0, :, :, :2] == LEFT_DN)  # the mirrored right DN is now the left one
+    assert torch.all(out["segmentation"][0, :, :, 6:] == RIGHT_DN)
+    assert out["segmentation"][0, 0, 0, 4] == -1

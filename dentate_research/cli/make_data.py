@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (must be empty or absent)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                         help="size: tiny (tests, seconds), small (demo, minutes), "
-                             "paper (328 subjects, hours)")
+                             "paper (328 subjects, ~1 h per core)")
     parser.add_argument("--seed", type=int, default=0, help="master seed (same seed -> identical arrays)")
     parser.add_argument("--n-jobs", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--n-subjects-per-site", type=int, default=None, help="override the preset's count")

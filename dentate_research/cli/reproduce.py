@@ -47,6 +47,7 @@ def settings_from_config(cfg, command: str = ""):
         studies=list(cfg.studies), architectures=list(cfg.architectures), pipeline_arch=str(cfg.pipeline_arch),
         localizer_arch=str(cfg.localizer_arch), loso_sites=list(cfg.loso_sites or []),
         train_overrides=list(cfg.train_overrides), localizer_overrides=list(cfg.localizer_overrides or []),
+        arch_overrides={str(k): list(v) for k, v in (cfg.get("arch_overrides") or {}).items()},
         device=str(cfg.device), seed=int(cfg.seed), reuse_runs=bool(cfg.reuse_runs), command=command)
 
 

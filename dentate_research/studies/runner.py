@@ -65,6 +65,8 @@ class StudySettings:
         pipeline_arch: segmentation architecture of the two-step model used in T4-T6.
         localizer_arch: architecture of the localization stage.
         loso_sites: sites left out in T6 (empty: every development site).
+        arch_overrides: extra overrides for one architecture's runs (e.g. a smaller nnU-Net on a CPU),
+            reported with the tables.
     """
 
     name: str
@@ -86,6 +88,7 @@ class StudySettings:
     loso_sites: list[str] = field(default_factory=list)
     train_overrides: list[str] = field(default_factory=list)
     localizer_overrides: list[str] = field(default_factory=list)
+    arch_overrides: dict[str, list[str]] = field(default_factory=dict)
     device: str = "cpu"
     seed: int = 0
     reuse_runs: bool = True
@@ -163,6 +166,8 @@ class StudyRunner:
                      f"trainer.device={s.device}", "trainer.resume=false"]
         if stage == "localization":
             overrides += list(s.localizer_overrides)
+        else:
+            overrides += list(s.arch_overrides.get(arch, []))
         cfg = self.compose(overrides)
         from ..training import train_stage
 
@@ -302,7 +307,9 @@ class StudyRunner:
         return write_table(table, self.s.out_dir, "T3_architectures",
                            "T3 Architecture benchmark (two-step pipeline, internal test set)", self._stamp(),
                            "Identical split, preprocessing, patch sampling, iteration budget, inferer and "
-                           "post-processing for every architecture; the same localizer; only the network differs. "
+                           "post-processing for every architecture; the same localizer; only the network differs"
+                           + (f" (architecture-specific overrides: {self.s.arch_overrides})" if self.s.arch_overrides
+                              else "") + ". "
                            f"Reference: {self.s.rater}. Budget: see config.yaml of each run in the work folder "
                            "and provenance.json.")
 

@@ -191,12 +191,14 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig) -> Path:
 
             aug = cfg.augmentation
             mirroring = bool(aug.get("enabled", True)) and bool(aug.get("nnunet_mirroring", True))
+            lr_swap = (float(aug.get("lr_flip_prob", 0.5)) if aug.get("enabled", True)
+                       and aug.get("lr_flip") == "swap_labels" and stage == "segmentation" else 0.0)
             nn = train_nnunet(run_dir, train_samples, val_samples, classes, patch_size=patch_size,
                               batch_size=loop.batch_size, epochs=loop.epochs,
                               iterations_per_epoch=loop.iterations_per_epoch,
                               val_iterations=int(tr.get("val_iterations", 5)), arch_kwargs=dict(arch_kwargs),
                               device=device, seed=seed, initial_lr=opt.get("lr"),
-                              allow_mirroring=mirroring,
+                              allow_mirroring=mirroring, lr_swap_probability=lr_swap,
                               resume=loop.resume)
             history = nn.pop("history")
             for e, loss in enumerate(history["train_losses"]):

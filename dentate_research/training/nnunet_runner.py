@@ -10,7 +10,8 @@ nnU-Net sees exactly the crops and spacing of every other architecture. Then:
 3. preprocessing of ``3d_fullres`` (in-process, no worker pool);
 4. our subject-level split written as ``splits_final.json`` (fold 0) - nnU-Net never prompts or invents a split;
 5. :class:`DentateNnUNetTrainer` built directly (no lookup by name), iterations/epochs from the config, and
-   left-right mirroring removed from training augmentation and from ``inference_allowed_mirroring_axes``.
+   left-right mirroring removed from training augmentation and from ``inference_allowed_mirroring_axes``;
+   instead, like the MONAI loop, an optional left-right mirror that swaps labels 1 <-> 2.
 
 Axis order: nnU-Net reads NIfTI with SimpleITK, i.e. arrays are (z, y, x); for our canonical RAS files the
 left-right axis is the LAST array axis (before nnU-Net's ``transpose_forward``, which we account for).
@@ -203,15 +204,50 @@ def plan_and_preprocess(dataset_id: int, patch_size_xyz: Sequence[int], batch_si
     return plans
 
 
+def _lr_swap_mirror_transform(lr_axis: int, probability: float = 0.5, swap: tuple[int, int] = (1, 2)) -> Any:
+    """batchgeneratorsv2 transform: mirror along nnU-Net's LR axis AND swap labels 1 <-> 2 (laterality-safe)."""
+    from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+
+    class LeftRightSwapMirror(BasicTransform):
+        def get_parameters(self, **data_dict: Any) -> dict:
+            return {"flip": bool(torch.rand(1) < probability)}
+
+        def _apply_to_image(self, img: torch.Tensor, **params: Any) -> torch.Tensor:
+            return torch.flip(img, [lr_axis + 1]) if params["flip"] else img
+
+        def _apply_to_segmentation(self, segmentation: torch.Tensor, **params: Any) -> torch.Tensor:
+            if not params["flip"]:
+                return segmentation
+            flipped = torch.flip(segmentation, [lr_axis + 1])
+            out = flipped.clone()
+            out[flipped == swap[0]] = swap[1]
+            out[flipped == swap[1]] = swap[0]
+            return out
+
+    return LeftRightSwapMirror()
+
+
 def _trainer_class() -> type:
     """nnUNetTrainer subclass with configurable budget and left-right-safe mirroring (built lazily)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     class DentateNnUNetTrainer(nnUNetTrainer):
-        """nnU-Net's trainer; mirroring never touches the left-right axis (labels 1/2 are world sides)."""
+        """nnU-Net's trainer; mirroring never touches the left-right axis except with a label 1/2 swap.
+
+        ``lr_swap_probability`` > 0 adds the same laterality-safe mirror the MONAI loop uses (flip the LR axis
+        and swap left/right DN labels), so both frameworks see identical left-right augmentation.
+        """
 
         lr_axis: int = 2
         allow_mirroring: bool = True
+        lr_swap_probability: float = 0.0
+
+        @classmethod
+        def get_training_transforms(cls, *args: Any, **kwargs: Any) -> Any:  # nnU-Net calls it on the instance
+            composed = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+            if cls.lr_swap_probability > 0:
+                composed.transforms.insert(0, _lr_swap_mirror_transform(cls.lr_axis, cls.lr_swap_probability))
+            return composed
 
         def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # noqa: N802 (nnU-Net's name)
             parent = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -230,7 +266,8 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
                  classes: Sequence[str], *, patch_size: Sequence[int], batch_size: int, epochs: int,
                  iterations_per_epoch: int, val_iterations: int, arch_kwargs: dict[str, Any],
                  device: torch.device, seed: int = 0, initial_lr: float | None = None,
-                 allow_mirroring: bool = True, resume: bool = False) -> dict[str, Any]:
+                 allow_mirroring: bool = True, lr_swap_probability: float = 0.0,
+                 resume: bool = False) -> dict[str, Any]:
     """Run nnU-Net planning, preprocessing and training; returns the ``nnunet`` section of the model card.
 
     Paths in the returned dict are relative to ``run_dir``. The epoch log (losses, pseudo Dice) is under
@@ -267,6 +304,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         cls = _trainer_class()
         cls.lr_axis = lr_axis_in_nnunet(plans["transpose_forward"])
         cls.allow_mirroring = bool(allow_mirroring)
+        cls.lr_swap_probability = float(lr_swap_probability)
         plans_for_trainer = copy.deepcopy(plans)
         plans_for_trainer["continue_training"] = bool(resume)
         trainer = cls(plans=plans_for_trainer, configuration=NNUNET_CONFIGURATION, fold=0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -234,7 +235,9 @@ def rater_volume_icc(results: list[CaseResult], rater_a: str, rater_b: str) -> d
             for rater in (rater_a, rater_b) for side in (1, 2)]
     if len(rows) < 6:
         return None
-    table = pg.intraclass_corr(pd.DataFrame(rows), targets="target", raters="rater", ratings="volume")
+    with warnings.catch_warnings():  # pingouin 0.7 uses pandas APIs that pandas 3 deprecates
+        warnings.simplefilter("ignore")
+        table = pg.intraclass_corr(pd.DataFrame(rows), targets="target", raters="rater", ratings="volume")
     row = table.loc[table["Type"] == "ICC(A,1)"].iloc[0]
     return {"icc": round(float(row["ICC"]), 3), "ci95": [float(x) for x in row["CI95"]],
             "n_targets": len(rows) // 2}
@@ -293,7 +296,8 @@ def generate_dataset(out_dir: Path | str, preset: str | Preset = "tiny", seed: i
 
     Args:
         out_dir: output folder (must be empty or absent unless ``overwrite``).
-        preset: 'tiny' (tests, seconds), 'small' (demo, minutes), 'paper' (328 subjects, hours) or a Preset.
+        preset: 'tiny' (tests, seconds), 'small' (demo, minutes), 'paper' (328 subjects, ~9 s per case,
+            ~1 h per core) or a Preset.
         seed: master seed; the same seed gives byte-identical arrays, whatever ``n_jobs``.
         n_jobs: parallel worker processes (joblib).
         n_subjects_per_site: override the preset's subjects per site (int, or {site: n}).

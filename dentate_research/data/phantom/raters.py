@@ -52,9 +52,9 @@ RATER_STYLES = {
     # name: threshold, perception_sd, session_sd, field amplitude, shared field fraction, field sigma mm,
     # slice_sd, slip probability, image weight, person. Tuned on the 'small' preset towards the paper's
     # volume ICC(A,1): intrarater 0.91, interrater 0.78.
-    "rater1": RaterStyle("rater1", 0.50, 0.06, 0.04, 0.10, 0.5, 3.0, 0.05, 0.10, 0.35, "rater1"),
-    "rater2": RaterStyle("rater2", 0.47, 0.03, 0.03, 0.13, 0.7, 3.0, 0.07, 0.15, 0.45, "rater2"),
-    "rater1_retrace": RaterStyle("rater1_retrace", 0.50, 0.06, 0.04, 0.10, 0.5, 3.0, 0.05, 0.10, 0.35,
+    "rater1": RaterStyle("rater1", 0.47, 0.035, 0.025, 0.07, 0.75, 3.0, 0.03, 0.05, 0.35, "rater1"),
+    "rater2": RaterStyle("rater2", 0.45, 0.02, 0.02, 0.08, 0.7, 3.0, 0.04, 0.08, 0.40, "rater2"),
+    "rater1_retrace": RaterStyle("rater1_retrace", 0.47, 0.035, 0.025, 0.07, 0.75, 3.0, 0.03, 0.05, 0.35,
                                   "rater1"),
 }
 

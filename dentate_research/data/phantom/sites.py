@@ -53,22 +53,22 @@ class SiteProfile:
 
 
 SITE_PROFILES: dict[str, SiteProfile] = {p.name: p for p in [
-    SiteProfile("siteA", 3.0, (1.0, 1.0, 1.0), 4.0, 0.0, "Tikhonov", 0.04, 0.005, 0.95, 0.0, 0.0,
+    SiteProfile("siteA", 3.0, (1.0, 1.0, 1.0), 4.0, 0.0, "Tikhonov", 0.02, 0.004, 0.95, 0.0, 0.0,
                 description="3 T isotropic 1 mm, closed-form L2 (iLSQR-like)"),
     SiteProfile("siteB", 3.0, (0.9, 0.9, 2.0), 12.0, 20.0, "TKD", 0.15, 0.0043, 1.0, 0.015, 0.0,
                 description="3 T thick 2 mm slices, TKD t=0.15, tilted slab"),
-    SiteProfile("siteC", 7.0, (0.6, 0.6, 0.6), 2.0, 90.0, "GradientL2", 0.02, 0.0022, 1.15, -0.01, 0.0,
+    SiteProfile("siteC", 7.0, (0.6, 0.6, 0.6), 2.0, 90.0, "GradientL2", 0.01, 0.0022, 1.15, -0.01, 0.0,
                 description="7 T isotropic 0.6 mm, gradient-regularized L2"),
     SiteProfile("siteD", 3.0, (0.8, 0.8, 2.0), 8.0, 180.0, "TKD", 0.2, 0.0048, 0.85, 0.005, 0.0, units="ppb",
                 orientation="LAS", description="3 T 0.8x0.8x2 mm, TKD t=0.2, stored in ppb, LAS voxel order"),
-    SiteProfile("siteE", 3.0, (1.0, 1.0, 1.0), 6.0, 270.0, "GradientL2", 0.06, 0.010, 0.75, 0.02, 1.2,
+    SiteProfile("siteE", 3.0, (1.0, 1.0, 1.0), 6.0, 270.0, "GradientL2", 0.03, 0.010, 0.75, 0.02, 1.2,
                 description="3 T 1 mm, strongly regularized and smoothed (MEDI-like), low gain"),
     SiteProfile("siteF", 7.0, (0.7, 0.7, 1.4), 15.0, 45.0, "TKD", 0.1, 0.0015, 1.2, -0.015, 0.0,
                 description="7 T 0.7x0.7x1.4 mm, TKD t=0.1 (strong streaking), high gain, tilted"),
-    SiteProfile("siteG", 3.0, (1.0, 1.0, 1.5), 0.0, 0.0, "Tikhonov", 0.08, 0.009, 0.8, -0.005, 0.6,
-                orientation="LPS", description="3 T 1x1x1.5 mm, L2 lambda=0.08, LPS voxel order"),
+    SiteProfile("siteG", 3.0, (1.0, 1.0, 1.5), 0.0, 0.0, "Tikhonov", 0.03, 0.007, 0.8, -0.005, 0.6,
+                orientation="LPS", description="3 T 1x1x1.5 mm, L2 lambda=0.03, LPS voxel order"),
     SiteProfile("siteH", 3.0, (0.75, 0.75, 1.5), 10.0, 135.0, "TKD", 0.18, 0.0049, 0.9, 0.01, 0.0,
                 description="3 T 0.75x0.75x1.5 mm, TKD t=0.18, noisiest site (~0.02 ppm)"),
-    SiteProfile("siteI", 3.0, (1.0, 1.0, 2.0), 5.0, 315.0, "GradientL2", 0.04, 0.015, 0.65, -0.02, 0.8,
+    SiteProfile("siteI", 3.0, (1.0, 1.0, 2.0), 5.0, 315.0, "GradientL2", 0.008, 0.012, 0.65, -0.02, 0.8,
                 description="3 T 1x1x2 mm, gradient L2, strong underestimation (gain 0.65), negative offset"),
 ]}
