@@ -18,12 +18,10 @@ from dentate_research.inference.postprocess import postprocess_dn_labels, side_s
 from dentate_research.inference.protocol import load_stage
 from dentate_research.training.inferer import dice
 
-# the session fixture trains a tiny two-step model (~15 s idle, ~60 s on busy cores); each test takes seconds
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="session")
 def toy_model(tmp_path_factory):
+    """Tiny localizer + segmenter trained via train_stage (~4 s on idle cores, ~60 s on busy ones)."""
     return trained_toy_model(tmp_path_factory.mktemp("inference_model"))
 
 

@@ -18,11 +18,10 @@ from dentate_research.data.io import save_nifti
 from dentate_research.data.laterality import RIGHT_DN
 from dentate_research.inference.default_model import default_model_dir, install_model
 
-pytestmark = pytest.mark.slow  # shares the tiny trained model of test_inference (trained once per session)
-
 
 @pytest.fixture(scope="session")
 def toy_model(tmp_path_factory):
+    """The tiny two-step model of inference_helpers (trained once per process, shared with test_inference)."""
     return trained_toy_model(tmp_path_factory.mktemp("inference_model"))
 
 

@@ -140,21 +140,21 @@ def run(args: argparse.Namespace) -> int:
             written = predictor.predict_file(path, args.output, overwrite=args.overwrite,
                                              overlay=not args.no_overlay)
         except DataError as exc:
-            error(str(exc))
+            tqdm.write(f"error: {exc}", file=sys.stderr)
             codes.append(EXIT_BAD_INPUT)
             continue
         except SegmentationError as failure:
-            print(f"FAILED {path}: [{failure.reason}] {failure}", file=sys.stderr)
+            tqdm.write(f"FAILED {path}: [{failure.reason}] {failure}", file=sys.stderr)
             codes.append(EXIT_FAILED)
             continue
         stats = written.metadata["statistics"]
         sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
                           f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm" for side in ("left", "right"))
-        print(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})")
+        tqdm.write(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})", file=sys.stdout)
         for flag in written.flags:
-            print(f"  FLAG {flag}", file=sys.stderr)
+            tqdm.write(f"  FLAG {flag}", file=sys.stderr)
         for warning in written.metadata["warnings"]:
-            print(f"  warning: {warning}", file=sys.stderr)
+            tqdm.write(f"  warning: {warning}", file=sys.stderr)
         codes.append(EXIT_FLAGGED if written.flags else EXIT_OK)
     code = _worst(codes)
     n_bad = sum(c != EXIT_OK for c in codes)

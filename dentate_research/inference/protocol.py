@@ -24,6 +24,8 @@ class StageModel(Protocol):
     Localization models return a binary mask (1 = target, e.g. cerebellum); segmentation models return
     0 / 1 = left DN / 2 = right DN in world RAS. Resampling, normalization, sliding-window inference and
     test-time augmentation happen inside ``predict``. ``card`` is the ModelCard (stage, arch, spacing, ...).
+    Optional: ``predict_probabilities(volume) -> (probs (C, X, Y, Z), grid Volume)`` on the network grid; when
+    present the pipeline localizes on the coarse grid (see ``DentatePredictor._localize``).
     """
 
     card: Any
