@@ -221,3 +221,35 @@ def test_bad_inputs_give_clear_errors(predictor, tmp_path):
 def test_stage_mismatch_is_an_error(toy_model):
     with pytest.raises(DataError, match="'segmentation' model, but a 'localization' model"):
         DentatePredictor(toy_model / "segmentation", toy_model / "segmentation")
+
+
+def test_world_side_assignment_fixes_merged_sides():
+    """A network that finds both DN but calls them all 'left' still yields true world sides."""
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # LAS-like array: index grows towards the subject's left
+    affine[0, 3] = 10.0
+    labels = np.zeros((20, 10, 10), np.uint8)
+    labels[2:5, 2:5, 2:5] = LEFT_DN   # x = 10 - 2..4 = +6..+8 mm: the subject's RIGHT
+    labels[14:17, 2:5, 2:5] = LEFT_DN  # x = -4..-6 mm: the subject's LEFT
+    cleaned, report = postprocess_dn_labels(labels, affine, midline_x_mm=0.0)
+    assert (cleaned[2:5, 2:5, 2:5] == RIGHT_DN).all() and (cleaned[14:17, 2:5, 2:5] == LEFT_DN).all()
+    assert report.side_assignment == "world" and report.model_side_agreement == pytest.approx(0.5)
+    kept, report_model = postprocess_dn_labels(labels, affine, midline_x_mm=0.0, side_assignment="model")
+    assert report_model.empty_sides == ["right"] and report_model.side_assignment == "model"
+
+
+def test_trained_localizer_returning_an_empty_mask_is_loud(toy_model):
+    """Not only a blank image: a real scan whose localizer output is empty fails with localizer_empty."""
+
+    class FindsNothing:  # the real trained localizer, whose mask is then emptied
+        def __init__(self, model):
+            self.model, self.card = model, model.card
+
+        def predict(self, volume):
+            return np.zeros_like(self.model.predict(volume))
+
+    localizer = load_stage(toy_model / "localization", "localization")
+    segmenter = load_stage(toy_model / "segmentation", "segmentation")
+    image, _, _, affine = toy_scan(18)
+    with pytest.raises(SegmentationError, match="localization model found no cerebellum") as info:
+        DentatePredictor.from_models(FindsNothing(localizer), segmenter).predict_array(image, affine)
+    assert info.value.reason == "localizer_empty"

@@ -7,8 +7,10 @@ Pipeline for one QSM volume (any stored orientation; the work happens in canonic
 2. Bounding box of the mask grown by ``margin_mm`` (mm) and enlarged to at least ``min_crop_mm`` (default: one
    segmentation patch in mm), clipped to the field of view.
 3. Crop, then ``segmenter.predict`` (sliding window with Gaussian blending inside the StageModel) -> 0/1/2.
-4. Post-processing: largest connected component per side; left/right checked and, if needed, swapped in
-   world RAS coordinates (:func:`dentate_research.data.laterality.enforce_world_sides`).
+4. Post-processing: every DN voxel takes the side of the cerebellar midline (mask centroid, world x) it lies
+   on, so left/right never depend on the network telling them apart
+   (:func:`~dentate_research.inference.postprocess.assign_sides_by_world`; the agreement with the network's
+   own labels is reported); then the largest connected component per side.
 5. Uncrop to the exact input grid; files are written back in the input file's own orientation and affine.
 
 Failure is loud, never a silent empty mask:
@@ -280,6 +282,12 @@ class DentatePredictor:
         warnings: list[str] = units_warnings(volume)
 
         t0 = time.perf_counter()
+        low, high = float(volume.array.min()), float(volume.array.max())
+        if low == high:  # no signal: a network's output on a constant image means nothing, so do not ask one
+            raise SegmentationError(
+                "localizer_empty", f"{volume.path or 'input'}: the image is constant ({low:g} everywhere), there is "
+                "no cerebellum to localize; is this a QSM image of the head in ppm?", volume,
+                np.zeros(volume.shape, np.uint8), timings_s=timings)
         mask, dropped = self._localize(volume)
         timings["localization"] = time.perf_counter() - t0
         if not mask.any():
@@ -327,6 +335,9 @@ class DentatePredictor:
         if report.sides_swapped:
             warnings.append("sides_swapped: the model's left DN lay right of its right DN in world x; labels 1/2 "
                             "were swapped to match world RAS")
+        elif report.model_side_agreement is not None and report.model_side_agreement < 0.95:
+            warnings.append(f"sides assigned from world x: the model's own left/right labels agreed on only "
+                            f"{100 * report.model_side_agreement:.0f}% of DN voxels")
         for side, n in report.removed_voxels.items():
             if n:
                 warnings.append(f"{side} DN: removed {n} voxels outside the largest connected component")

@@ -25,6 +25,9 @@ class PostprocessReport:
         left_x_mm, right_x_mm: world x (mm, RAS) of each side's centroid (None if empty).
         midline_x_mm: world x of the reference midline (cerebellar-mask centroid) if given.
         same_hemisphere: both DN centroids lie on one side of the midline (suspicious, flagged).
+        side_assignment: ``world`` (sides from world x relative to the midline) or ``model`` (the network's).
+        model_side_agreement: with ``world``, the fraction of DN voxels whose model label matched the side
+            they lie on (1.0: the model had the sides right; ~0.5: it did not tell left from right).
     """
 
     sides_swapped: bool = False
@@ -34,6 +37,8 @@ class PostprocessReport:
     right_x_mm: float | None = None
     midline_x_mm: float | None = None
     same_hemisphere: bool = False
+    side_assignment: str = "model"
+    model_side_agreement: float | None = None
 
 
 def keep_largest_component_per_side(labels: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
@@ -48,15 +53,38 @@ def keep_largest_component_per_side(labels: np.ndarray) -> tuple[np.ndarray, dic
     return out, removed
 
 
-def postprocess_dn_labels(labels: np.ndarray, affine: np.ndarray, midline_x_mm: float | None = None
-                          ) -> tuple[np.ndarray, PostprocessReport]:
+def assign_sides_by_world(labels: np.ndarray, affine: np.ndarray, midline_x_mm: float
+                          ) -> tuple[np.ndarray, float | None]:
+    """Relabel every DN voxel (label 1 or 2) by the side of the midline it lies on in world x (RAS mm).
+
+    The network then only has to find the DN; left (1) and right (2) follow from anatomy (x < midline is
+    the subject's left), whatever the model's own labels and the array orientation. Returns the new map and
+    the fraction of DN voxels whose model label agreed (None when there is no DN voxel).
+    """
+    dn = labels > 0
+    if not dn.any():
+        return labels.astype(np.uint8), None
+    index = np.nonzero(dn)
+    x_mm = affine[0, 0] * index[0] + affine[0, 1] * index[1] + affine[0, 2] * index[2] + affine[0, 3]
+    world = np.where(x_mm < midline_x_mm, LEFT_DN, RIGHT_DN).astype(np.uint8)
+    out = np.zeros(labels.shape, np.uint8)
+    out[index] = world
+    return out, float(np.mean(labels[index] == world))
+
+
+def postprocess_dn_labels(labels: np.ndarray, affine: np.ndarray, midline_x_mm: float | None = None,
+                          side_assignment: str = "world") -> tuple[np.ndarray, PostprocessReport]:
     """Clean a predicted DN label map and make its sides agree with world RAS coordinates.
 
     Args:
         labels: integer map (0/1/2) on the grid described by ``affine`` (voxel -> world mm).
         affine: 4x4 voxel-to-world matrix.
-        midline_x_mm: world x (mm) of the subject's midline, e.g. the cerebellar-mask centroid; used only to
-            flag both DN lying in the same hemisphere.
+        midline_x_mm: world x (mm) of the subject's midline, e.g. the cerebellar-mask centroid; flags both DN
+            lying in the same hemisphere and, with ``side_assignment="world"``, decides the sides.
+        side_assignment: ``world`` (default): with a midline, every DN voxel takes the side it lies on, so a
+            network that finds the DN but confuses or merges the sides still yields correct labels (the
+            agreement with the network's own labels is reported); ``model``: keep the network's labels and
+            only swap them when left lies right of right. Without a midline, ``model`` is used.
 
     Returns:
         The cleaned uint8 label map and a :class:`PostprocessReport`.
@@ -64,12 +92,20 @@ def postprocess_dn_labels(labels: np.ndarray, affine: np.ndarray, midline_x_mm: 
     values = set(np.unique(labels).tolist()) - {0, LEFT_DN, RIGHT_DN}
     if values:
         raise ValueError(f"DN label map has values {sorted(values)}; allowed 0, {LEFT_DN} (left), {RIGHT_DN} (right)")
+    if side_assignment not in ("world", "model"):
+        raise ValueError(f"side_assignment '{side_assignment}' unknown; allowed: world, model")
+    agreement = None
+    mode = "world" if side_assignment == "world" and midline_x_mm is not None else "model"
+    if mode == "world":
+        labels, agreement = assign_sides_by_world(labels, affine, float(midline_x_mm))  # type: ignore[arg-type]
     cleaned, removed = keep_largest_component_per_side(labels)
     cleaned, swapped = enforce_world_sides(cleaned, affine)
+    if agreement is not None and agreement < 0.5:
+        swapped = True  # the network's sides were mostly inverted; world assignment corrected them
     sides = check_sides(cleaned, affine)
     report = PostprocessReport(sides_swapped=swapped, removed_voxels=removed,
                                left_x_mm=sides["left_x_mm"], right_x_mm=sides["right_x_mm"],  # type: ignore[arg-type]
-                               midline_x_mm=midline_x_mm)
+                               midline_x_mm=midline_x_mm, side_assignment=mode, model_side_agreement=agreement)
     report.empty_sides = [SIDE_NAMES[v] for v in (LEFT_DN, RIGHT_DN) if not np.any(cleaned == v)]
     if midline_x_mm is not None and report.left_x_mm is not None and report.right_x_mm is not None:
         report.same_hemisphere = bool((report.left_x_mm - midline_x_mm) * (report.right_x_mm - midline_x_mm) > 0)
