@@ -88,3 +88,24 @@ def test_train_cli_end_to_end(tmp_path):
     assert card["arch"] == "unet" and card["train_cases"] == ["toy000", "toy001", "toy002"]
     config = OmegaConf.load(run_dir / "config.yaml")  # the resolved composed config is recorded
     assert config.arch.name == "unet" and config.trainer.epochs == 1 and config.paths.run_dir == str(run_dir)
+
+
+def test_local_multirun_sweeps_architectures_and_folds(tmp_path):
+    """`train -m` sweeps architectures x folds with Hydra's basic launcher; each job gets its own run directory."""
+    from dentate_research.data.manifest import read_manifest
+    from dentate_research.data.splits import make_splits, write_splits
+    from dentate_research.training.toy_data import make_toy_dataset
+
+    manifest = make_toy_dataset(tmp_path / "toy", n_cases=4, seed=3)
+    split_file = write_splits(make_splits(read_manifest(manifest), n_folds=2, test_fraction=0.0), tmp_path / "splits")
+    sweep_dir = tmp_path / "sweep"
+    code = main(["train", "-m", "+arch=unet,attention_unet", "split.fold=0,1", "trainer=smoke", "logger=none",
+                 "data=manifest", f"data.manifest={manifest}", "data.label_rater='true'",
+                 "data.grid.segmentation.spacing_mm=2.0", "data.grid.segmentation.patch_size=[32,32,32]",
+                 f"split.file={split_file}", "trainer.epochs=1", "trainer.iterations_per_epoch=1",
+                 "stage.crop.margin_mm=6", f"hydra.sweep.dir={sweep_dir}"])
+    assert code == 0
+    cards = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/model.json"))]
+    assert sorted((c["arch"], len(c["val_cases"]) > 0) for c in cards) == [("attention_unet", True)] * 2 + \
+        [("unet", True)] * 2
+    assert len({tuple(c["val_cases"]) for c in cards}) == 2  # two different folds
