@@ -14,6 +14,16 @@ import pandas as pd  # noqa: E402
 from .stats import bland_altman, pearson  # noqa: E402
 
 
+def _save(fig, path: Path | str) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the PNG path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def bland_altman_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
                       ref_col: str = "volume_ref_mm3", title: str = "", unit: str = "mm³") -> Path:
     """One panel per side: difference (pred - ref) vs mean, with bias and 95 % limits of agreement."""
@@ -34,12 +44,7 @@ def bland_altman_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volum
         ax.set_xlabel(f"mean of methods ({unit})")
         ax.set_ylabel(f"automated - reference ({unit})")
     fig.suptitle(title or f"Bland-Altman: {pred_col} vs {ref_col}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scatter_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
@@ -64,12 +69,7 @@ def scatter_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pre
         if part["site"].nunique() <= 12:
             ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def dice_by_site_plot(df: pd.DataFrame, path: Path | str, metric: str = "dice", title: str = "") -> Path:
@@ -96,9 +96,4 @@ def dice_by_site_plot(df: pd.DataFrame, path: Path | str, metric: str = "dice", 
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     ax.set_title(title or f"{metric} per site")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
