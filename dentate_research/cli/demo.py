@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     from dentate_research.data.phantom import generate_dataset
     from dentate_research.evaluation.metrics import evaluate_case
     from dentate_research.inference.default_model import train_two_step_model, user_model_dir
-    from dentate_research.inference.pipeline import DentatePredictor
+    from dentate_research.inference.pipeline import DentatePredictor, SegmentationError
 
     t0 = time.perf_counter()
     print(f"[demo 1/4] generating '{args.preset}' phantoms into {out / 'data'}", flush=True)
@@ -77,13 +77,17 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     print(f"[demo 3/4] segmenting {test_case.image.name} (unseen site {held_out_site})", flush=True)
     t0 = time.perf_counter()
     predictor = DentatePredictor.from_model_dir(model_dir, device=args.device)
-    written = predictor.predict_file(test_case.image, out / "segment")
+    try:
+        written = predictor.predict_file(test_case.image, out / "segment")
+    except SegmentationError as failure:  # loud, like `segment`: the metadata JSON says why
+        print(f"FAILED ({failure.reason}): {failure}; see {out / 'segment'}; train longer with --epochs/--iterations",
+              file=sys.stderr)
+        return 3
     t_seg = time.perf_counter() - t0
 
     print("[demo 4/4] Dice against the phantom truth and rater1:", flush=True)
     image = load_image(test_case.image)
-    seg_path = getattr(written, "seg", None) or next((out / "segment").rglob("*_seg.nii.gz"))
-    pred = load_label(seg_path, reference=image)
+    pred = load_label(written.paths["seg"], reference=image)
     for rater in ("true", "rater1"):
         rows = evaluate_case(pred, load_label(test_case.label(rater), reference=image), image)
         text = ", ".join(f"{r['side']} {r['dice']:.3f}" for r in rows)
