@@ -183,7 +183,11 @@ def find_prediction(pred_dir: Path, case_id: str, suffix: str = "_seg.nii.gz") -
 
 def load_case_image_ppm(case: Case) -> Volume:
     """A case's image converted to ppm using the manifest's optional ``units`` column (ppm or ppb)."""
-    image = load_image(case.image)
+    return case_image_in_ppm(case, load_image(case.image))
+
+
+def case_image_in_ppm(case: Case, image: Volume) -> Volume:
+    """``image`` (the case's image, already loaded) in ppm according to the manifest's ``units`` column."""
     units = str(case.meta.get("units", "")).strip().lower()
     if units not in UNIT_TO_PPM:
         raise DataError(f"case {case.case_id}: image units '{units}' cannot be converted to ppm; "

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..data.io import load_image, load_label
+from ..data.io import Volume, load_image, load_label
 from ..data.laterality import world_centroid
 from ..data.manifest import Case, read_manifest
 from ..data.splits import load_split, make_splits, write_splits
-from ..evaluation.metrics import METRIC_COLUMNS, evaluate_case, load_case_image_ppm
+from ..evaluation.metrics import case_image_in_ppm, evaluate_case
 from ..evaluation.stats import agreement, paired_comparison
 from .cohort import cohort_table
 from .tables import write_json, write_table
@@ -187,14 +187,19 @@ class StudyRunner:
 
         return DentatePredictor(loc_dir, seg_dir, device=self.s.device)
 
-    def _evaluate_labels(self, case: Case, labels: np.ndarray | None, method: str, fold: str,
-                         extra: dict[str, Any] | None = None, flag: str = "") -> list[dict[str, Any]]:
+    def _load_case(self, case: Case) -> tuple[Volume, Volume, Volume]:
+        """Read a case once: the image as stored (method input), the image in ppm and the reference labels."""
+        volume = load_image(case.image)
+        reference = load_label(case.label(self.s.rater), reference=volume)
+        return volume, case_image_in_ppm(case, volume), reference
+
+    def _evaluate_labels(self, case: Case, image_ppm: Volume, reference: Volume, labels: np.ndarray | None,
+                         method: str, fold: str, extra: dict[str, Any] | None = None,
+                         flag: str = "") -> list[dict[str, Any]]:
         """Rows (one per side) of metrics for ``labels`` (None = the method failed: scored as empty)."""
-        image = load_case_image_ppm(case)  # mean susceptibility in ppm whatever the site's units
-        ref = load_label(case.label(self.s.rater), reference=image)
-        pred = np.zeros(image.shape, np.uint8) if labels is None else labels
+        pred = np.zeros(image_ppm.shape, np.uint8) if labels is None else labels
         rows = []
-        for row in evaluate_case(pred, ref, image):
+        for row in evaluate_case(pred, reference, image_ppm):  # mean susceptibility in ppm whatever the units
             if flag:
                 row["flag"] = ";".join(x for x in (str(row.get("flag") or ""), flag) if x)
             rows.append({"case": case.case_id, "subject": case.subject, "site": case.site,
@@ -202,10 +207,9 @@ class StudyRunner:
                          "reference": self.s.rater, **row, **(extra or {})})
         return rows
 
-    def _two_step(self, predictor: Any, case: Case) -> tuple[np.ndarray | None, float, str]:
+    def _two_step(self, predictor: Any, volume: Volume) -> tuple[np.ndarray | None, float, str]:
         from ..inference.pipeline import SegmentationError
 
-        volume = load_image(case.image)
         t0 = time.perf_counter()
         try:
             result = predictor.predict_volume(volume)
@@ -282,9 +286,10 @@ class StudyRunner:
             predictor = self._predictor(loc_dir, seg_dir)
             times = []
             for case in tqdm(test, desc=f"T3 {arch} internal test"):
-                labels, seconds, flag = self._two_step(predictor, case)
+                volume, image_ppm, ref = self._load_case(case)
+                labels, seconds, flag = self._two_step(predictor, volume)
                 times.append(seconds)
-                rows += self._evaluate_labels(case, labels, arch, "0", {"inference_s": seconds}, flag)
+                rows += self._evaluate_labels(case, image_ppm, ref, labels, arch, "0", {"inference_s": seconds}, flag)
             info = _read_json(seg_dir / "run_info.json")
             card = _read_json(seg_dir / "model.json")
             cfg_epochs = _epochs(seg_dir)
@@ -327,15 +332,17 @@ class StudyRunner:
         _, _, test = self._fold_cases("0")
         rows = []
         for case in tqdm(test, desc="T4 one-step vs two-step"):
-            labels, seconds, flag = self._two_step(predictor, case)
-            rows += self._evaluate_labels(case, labels, "two-step", "0", {"inference_s": seconds}, flag)
-            volume = load_image(case.image)
+            volume, image_ppm, ref = self._load_case(case)
+            labels, seconds, flag = self._two_step(predictor, volume)
+            rows += self._evaluate_labels(case, image_ppm, ref, labels, "two-step", "0", {"inference_s": seconds},
+                                          flag)
             t0 = time.perf_counter()
             raw = whole.predict(volume)
             head = world_centroid(volume.array != 0, volume.affine)  # midline without a localizer: head centre
             one, _ = postprocess_dn_labels(raw, volume.affine, None if head is None else float(head[0]))
             seconds_one = time.perf_counter() - t0
-            rows += self._evaluate_labels(case, one, "one-step (whole volume)", "0", {"inference_s": seconds_one})
+            rows += self._evaluate_labels(case, image_ppm, ref, one, "one-step (whole volume)", "0",
+                                          {"inference_s": seconds_one})
         df = pd.DataFrame(rows)
         self._save_per_case(df, "T4_one_vs_two_step")
         table = self._dice_by_side(df, ["method"])
@@ -374,15 +381,16 @@ class StudyRunner:
         baseline = ClassicalBaseline(template)
         rows = []
         for case in tqdm(ext, desc="T5 external: two-step vs baseline"):
-            labels, seconds, flag = self._two_step(predictor, case)
-            rows += self._evaluate_labels(case, labels, f"two-step {arch}", "0", {"inference_s": seconds}, flag)
-            volume = load_image(case.image)
+            volume, image_ppm, ref = self._load_case(case)
+            labels, seconds, flag = self._two_step(predictor, volume)
+            rows += self._evaluate_labels(case, image_ppm, ref, labels, f"two-step {arch}", "0",
+                                          {"inference_s": seconds}, flag)
             t0 = time.perf_counter()
             base_labels, diag = baseline.segment_with_diagnostics(volume)
             seconds_b = time.perf_counter() - t0
             base_flags = diag.get("flags", []) if isinstance(diag, dict) else []
-            rows += self._evaluate_labels(case, base_labels, "classical baseline", "0", {"inference_s": seconds_b},
-                                          ";".join(map(str, base_flags)))
+            rows += self._evaluate_labels(case, image_ppm, ref, base_labels, "classical baseline", "0",
+                                          {"inference_s": seconds_b}, ";".join(map(str, base_flags)))
         df = pd.DataFrame(rows)
         self._save_per_case(df, "T5_external")
         table = self._dice_by_side(df, ["method"])
@@ -409,8 +417,10 @@ class StudyRunner:
             predictor = self._predictor(loc_dir, seg_dir)
             _, _, test = self._fold_cases(fold)
             for case in tqdm(test, desc=f"T6 unseen site {site}"):
-                labels, seconds, flag = self._two_step(predictor, case)
-                rows += self._evaluate_labels(case, labels, f"two-step {arch}", fold, {"inference_s": seconds}, flag)
+                volume, image_ppm, ref = self._load_case(case)
+                labels, seconds, flag = self._two_step(predictor, volume)
+                rows += self._evaluate_labels(case, image_ppm, ref, labels, f"two-step {arch}", fold,
+                                              {"inference_s": seconds}, flag)
         df = pd.DataFrame(rows)
         self._save_per_case(df, "T6_unseen_sites")
         volume = agreement(df, "volume_pred_mm3", "volume_ref_mm3", by=["side"])
@@ -519,4 +529,4 @@ def run_studies(settings: StudySettings, compose_train_cfg: ComposeFn) -> dict[s
     return StudyRunner(settings, compose_train_cfg).run()
 
 
-__all__ = ["METRIC_COLUMNS", "PAPER", "STUDIES", "StudyRunner", "StudySettings", "run_studies"]
+__all__ = ["PAPER", "STUDIES", "StudyRunner", "StudySettings", "run_studies"]
