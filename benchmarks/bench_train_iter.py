@@ -6,6 +6,9 @@ PlainConvUNet nnU-Net plans for a 64^3-class patch at ~1 mm (5 stages, 32..320 f
 here, so it is a lower bound for nnU-Net's own training step).
 
     python benchmarks/bench_train_iter.py --patch 64 --batch 2 --iters 3
+    python benchmarks/bench_train_iter.py --archs unet unetr swin_unetr --cpu-sized   # the CPU study's sizes
+
+``--cpu-sized`` applies the ``arch.kwargs.*`` overrides of configs/reproduce/experiment/cpu.yaml.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from monai.losses import DiceCELoss
 from omegaconf import OmegaConf
 
@@ -41,11 +45,24 @@ def nnunet_network(patch: int) -> torch.nn.Module:
         deep_supervision=False)
 
 
-def bench(name: str, patch: int, batch: int, iters: int, warmup: int) -> dict[str, object]:
+def cpu_sized_kwargs(name: str) -> dict[str, object]:
+    """``arch.kwargs.*`` overrides of the CPU study preset for one architecture."""
+    preset = OmegaConf.load(CONFIG_DIR / "reproduce" / "experiment" / "cpu.yaml")
+    out: dict[str, object] = {}
+    for item in (preset.get("arch_overrides") or {}).get(name, []):
+        key, _, value = str(item).partition("=")
+        if key.startswith("arch.kwargs."):
+            out[key.removeprefix("arch.kwargs.")] = yaml.safe_load(value)
+    return out
+
+
+def bench(name: str, patch: int, batch: int, iters: int, warmup: int, cpu_sized: bool = False) -> dict[str, object]:
     if name == "nnunet":
         net = nnunet_network(patch)
     else:
         kwargs = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "arch" / f"{name}.yaml").kwargs)
+        if cpu_sized:
+            kwargs.update(cpu_sized_kwargs(name))
         net = build_network(name, 1, 3, (patch,) * 3, kwargs)
     optimizer = make_optimizer(net.parameters(), name, LoopSettings(epochs=1, iterations_per_epoch=1))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
@@ -73,6 +90,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--archs", nargs="*", default=available_architectures())
+    parser.add_argument("--cpu-sized", action="store_true", help="network sizes of the CPU study preset")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +99,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []
     for name in args.archs:
-        rows.append(bench(name, args.patch, args.batch, args.iters, args.warmup))
+        rows.append(bench(name, args.patch, args.batch, args.iters, args.warmup, args.cpu_sized))
         r = rows[-1]
         print(f"  done {name}: {r['median_s']:.2f} s/iter", flush=True)
     print("\n| arch | params (M) | optimizer | s/iter (median) | s/iter (min) |\n|---|---|---|---|---|")

@@ -27,6 +27,12 @@ def test_every_preset_composes():
             cfg = compose_train_config([*settings.train_overrides, f"+arch={arch}", "stage=segmentation",
                                         *settings.arch_overrides.get(arch, [])])
             assert cfg.arch.name == arch
+            if arch != settings.localizer_arch or arch in settings.architectures:  # patch fits the network
+                from omegaconf import OmegaConf
+
+                from dentate_research.models import validate_patch_size
+
+                validate_patch_size(arch, list(cfg.stage.patch_size), OmegaConf.to_container(cfg.arch.kwargs))
 
 
 def test_unknown_study_is_an_error(capsys):

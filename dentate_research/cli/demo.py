@@ -1,11 +1,14 @@
 """``demo``: the whole pipeline offline in minutes on a CPU, on built-in synthetic QSM phantoms.
 
-1. generate a phantom data set (9 simulated sites) into ``OUT/data``,
-2. train a tiny two-step model (localization + U-Net DN segmentation) into ``OUT/model`` on all but one site,
+1. generate a phantom data set (9 simulated sites, 1 mm) into ``OUT/data``,
+2. train a two-step model with the project's recipe (localizer at 4 mm; U-Net at 1 mm on the localizer's crops,
+   one DN class with sides from world x, domain randomization, early stopping, a wall-clock budget) into
+   ``OUT/model`` on all but one site,
 3. segment one scan of the held-out site into ``OUT/segment`` (DentateSeg-style outputs + overlay PNG),
 4. print Dice per side against the phantom's ground truth and rater1.
 
-The model is also installed as the default model of ``segment`` (user cache) unless ``--no-install``.
+The demo model is NOT installed as the default model of ``segment`` unless ``--install`` is given, and it never
+replaces a model already installed in the user cache unless ``--replace-installed`` is given too.
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_run"), help="output folder (default: demo_run)")
-    parser.add_argument("--preset", default="small", choices=["tiny", "small"],
-                        help="phantom size preset (default: small, ~45 scans)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per stage (default 10)")
-    parser.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default 20)")
+    parser.add_argument("--preset", default="demo", choices=["tiny", "demo"],
+                        help="phantom data: demo (default; the 1 mm 'cpu' preset with 4 subjects per site, 36 scans) "
+                             "or tiny (2 mm, 12 scans, seconds; for tests)")
+    parser.add_argument("--minutes", type=float, default=2.5,
+                        help="wall-clock training budget in minutes for both stages together (default 2.5; the "
+                             "localizer gets 20%%); training also stops earlier on a validation plateau")
+    parser.add_argument("--epochs", type=int, default=40, help="maximal epochs per stage (default 40)")
+    parser.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    parser.add_argument("--no-install", action="store_true",
-                        help="do not install the trained model as the default model of 'segment'")
+    parser.add_argument("--install", action="store_true",
+                        help="install the trained model as the default model of 'segment' (user cache)")
+    parser.add_argument("--replace-installed", action="store_true",
+                        help="with --install: replace a model already installed in the user cache")
+    parser.add_argument("--no-install", action="store_true", help=argparse.SUPPRESS)  # old flag: now the default
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
@@ -34,6 +44,16 @@ def run(args: argparse.Namespace) -> int:
     from dentate_research.data.io import DataError
 
     out: Path = args.out
+    if args.minutes <= 0:
+        print(f"error: --minutes must be > 0, got {args.minutes}", file=sys.stderr)
+        return 2
+    if args.install and not args.replace_installed:
+        from dentate_research.inference.default_model import is_model_dir, user_model_dir
+
+        if is_model_dir(user_model_dir()):
+            print(f"error: a model is already installed in {user_model_dir()}; add --replace-installed to replace it "
+                  "with the demo model, or drop --install", file=sys.stderr)
+            return 2
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             print(f"error: {out} exists and is not empty; pass --overwrite or choose another --out", file=sys.stderr)
@@ -51,12 +71,20 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     from dentate_research.data.manifest import read_manifest
     from dentate_research.data.phantom import generate_dataset
     from dentate_research.evaluation.metrics import evaluate_case
-    from dentate_research.inference.default_model import train_two_step_model, user_model_dir
+    from dentate_research.inference.default_model import (
+        DEFAULT_LOCALIZER,
+        DEFAULT_SEGMENTER,
+        train_two_step_model,
+        user_model_dir,
+    )
     from dentate_research.inference.pipeline import DentatePredictor, SegmentationError
 
     t0 = time.perf_counter()
     print(f"[demo 1/4] generating '{args.preset}' phantoms into {out / 'data'}", flush=True)
-    manifest = generate_dataset(out / "data", preset=args.preset, seed=args.seed, n_jobs=2)
+    if args.preset == "demo":
+        manifest = generate_dataset(out / "data", preset="cpu", seed=args.seed, n_jobs=2, n_subjects_per_site=4)
+    else:
+        manifest = generate_dataset(out / "data", preset=args.preset, seed=args.seed, n_jobs=2)
     cases = read_manifest(manifest)
     sites = sorted({c.site for c in cases})
     held_out_site = sites[-1]
@@ -69,9 +97,15 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     print(f"[demo 2/4] training a two-step model on {len(train_ids)} scans ({len(sites) - 1} sites), "
           f"validating on {len(val_ids)}; site {held_out_site} is held out", flush=True)
     t0 = time.perf_counter()
-    model_dir = train_two_step_model(out / "model", manifest, train_ids=train_ids, val_ids=val_ids,
-                                     epochs=args.epochs, iterations_per_epoch=args.iterations, seed=args.seed,
-                                     device=args.device)
+    tiny = args.preset == "tiny"
+    localizer = {**DEFAULT_LOCALIZER, "patch_size": [32, 32, 32]}
+    segmenter = {**DEFAULT_SEGMENTER, **({"spacing_mm": 2.0, "patch_size": [32, 32, 32]} if tiny else {})}
+    model_dir = train_two_step_model(
+        out / "model", manifest, localizer=localizer, segmenter=segmenter, train_ids=train_ids, val_ids=val_ids,
+        epochs=args.epochs, iterations_per_epoch=args.iterations, seed=args.seed, device=args.device,
+        label_scheme="merged", augmentation="domain_randomization", crops_from_localizer=True,
+        stage_minutes={"localization": 0.2 * args.minutes, "segmentation": 0.8 * args.minutes},
+        trainer={"val_every": 2, "patience": 4, "min_delta": 0.005})
     t_train = time.perf_counter() - t0
 
     print(f"[demo 3/4] segmenting {test_case.image.name} (unseen site {held_out_site})", flush=True)
@@ -94,12 +128,11 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         print(f"  vs {rater:<7} Dice {text}")
         vols = ", ".join(f"{r['side']} {r['volume_pred_mm3']:.0f} mm^3 (ref {r['volume_ref_mm3']:.0f})" for r in rows)
         print(f"  {'':<10} volume {vols}")
-    if not args.no_install:
-        target = user_model_dir()
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(model_dir, target)
-        print(f"installed the model as the default for 'segment': {target}")
+    if args.install:
+        from dentate_research.inference.default_model import install_model
+
+        target = install_model(model_dir, user_model_dir(), overwrite=args.replace_installed)
+        print(f"installed the demo model as the default for 'segment': {target}")
     print(f"done in {t_data + t_train + t_seg:.0f} s (data {t_data:.0f} s, training {t_train:.0f} s, "
           f"segmentation {t_seg:.1f} s). Outputs: {out / 'segment'}; model: {model_dir}")
     return 0

@@ -48,6 +48,7 @@ def settings_from_config(cfg, command: str = ""):
         localizer_arch=str(cfg.localizer_arch), loso_sites=list(cfg.loso_sites or []),
         train_overrides=list(cfg.train_overrides), localizer_overrides=list(cfg.localizer_overrides or []),
         arch_overrides={str(k): list(v) for k, v in (cfg.get("arch_overrides") or {}).items()},
+        crops_from_localizer=bool(cfg.get("crops_from_localizer", False)),
         device=str(cfg.device), seed=int(cfg.seed), reuse_runs=bool(cfg.reuse_runs), command=command)
 
 

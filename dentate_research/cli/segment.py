@@ -7,7 +7,8 @@ Examples::
     python -m dentate_research segment -i a.nii.gz -i b.nii -o out/ --localizer runs/loc --segmenter runs/seg
 
 Exit codes (the worst input decides; see the epilog): 0 ok, 2 bad input/usage/existing outputs, 3 at least one
-input failed (no X_seg written), 4 segmentations written but at least one is flagged for review.
+input failed (no X_seg written), 4 segmentations written but at least one is flagged for review (pipeline flags
+or the plausibility QC of :mod:`dentate_research.inference.qc`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ outputs per input X.nii.gz (DentateSeg layout):
   OUT/X/X_seg.nii.gz              1 = left DN, 2 = right DN (world RAS), on the input grid and orientation
   OUT/X/X_cerebellar_mask.nii.gz  localization mask
   OUT/X/X_cropped.nii.gz, X_cropped_seg.nii.gz   the crop and its labels
-  OUT/X/X_metadata.json           status, flags, warnings, crop box (voxels, mm), models, versions, timings
+  OUT/X/X_metadata.json           status, flags, warnings, crop box (voxels, mm), models, versions, timings,
+                                  "qc": the plausibility measurements behind the QC flags and their thresholds
   OUT/X/X_overlay.png             axial/coronal/sagittal views through the DN
-  OUT/volumes.csv                 one row per input: volume (mm^3) and mean susceptibility (ppm) per side
+  OUT/volumes.csv                 one row per input: volume (mm^3) and mean susceptibility (ppm) per side,
+                                  status, qc_status, flags, volume ratio, segmenter confidence per side
 
 failure policy (never a silent empty mask):
   exit 0  every input segmented, no flags
@@ -38,7 +41,19 @@ failure policy (never a silent empty mask):
           written, X_metadata.json has "status": "failed" and "failure_reason", volumes.csv a 'failed' row
   exit 4  segmentations written but FLAGGED for review ("status": "flagged", "flags" in X_metadata.json and
           volumes.csv): left_dn_empty / right_dn_empty, cerebellum_touches_fov:<faces>,
-          dn_touches_crop_border:<faces>, dn_same_hemisphere
+          dn_touches_crop_border:<faces>, dn_same_hemisphere, and the plausibility QC
+          (dentate_research.inference.qc, default thresholds; <side> = left/right):
+            <side>_dn_volume_implausible:<V>mm3        DN volume outside 250-2500 mm^3
+            dn_volume_ratio_implausible:<R>            larger/smaller DN volume above 2.0
+            <side>_dn_lateral_offset_implausible:<D>mm DN centroid not 5-30 mm from the cerebellar midline
+            <side>_dn_outside_cerebellum_box:<axes>    DN centroid outside the cerebellar mask's bounding box
+            <side>_dn_position_implausible:y=..,z=..   DN centroid not in the anterior, mid-height part of that
+                                                       box (normalized y 0.30-0.95, z 0.25-0.90)
+            <side>_dn_low_confidence:mean=..,uncertain=..  segmenter DN-vs-background probability inside the
+                                                       DN: mean below 0.80 or over 40 % of voxels below 0.70
+                                                       (only models that expose probabilities)
+          qc_status in volumes.csv: pass, pass_without_confidence (the model gives no probabilities), flagged,
+          failed.
   A left/right swap corrected in world RAS coordinates is reported as "sides_swapped": true (a warning).
   In batch mode every input is attempted; the exit code is the worst one (2 > 3 > 4 > 0).
 

@@ -97,3 +97,31 @@ def dice_by_site_plot(df: pd.DataFrame, path: Path | str, metric: str = "dice", 
     ax.legend(fontsize=7)
     ax.set_title(title or f"{metric} per site")
     return _save(fig, path)
+
+
+def learning_curves_plot(metrics_files: dict[str, Path], path: Path | str, title: str = "",
+                         key: str = "val_dice_mean") -> Path:
+    """Validation ``key`` of several training runs vs iterations (left) and wall time in s (right).
+
+    ``metrics_files``: run label -> that run's metrics.csv (columns iteration, wall_time_s, ``key``).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for label, file in metrics_files.items():
+        df = pd.read_csv(file)
+        if key not in df.columns:
+            continue
+        if "phase" in df.columns:
+            df = df[df["phase"].fillna("") != "final"]
+        df = df[df[key].notna()]
+        axes[0].plot(df["iteration"], df[key], "o-", ms=3, label=label)
+        if "wall_time_s" in df.columns:
+            axes[1].plot(df["wall_time_s"], df[key], "o-", ms=3, label=label)
+    axes[0].set_xlabel("training iterations")
+    axes[1].set_xlabel("wall time (s, training + validation)")
+    axes[0].set_ylabel(key)
+    for ax in axes:
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -63,44 +63,70 @@ def default_model_dir() -> Path:
         "localization/ and segmentation/ run directories) or --localizer RUN_DIR --segmenter RUN_DIR.")
 
 
-# Tiny networks and budgets: a few minutes on 2 CPU cores for the 'small' phantom preset.
+# Networks of the two-step recipe (README "Converged models"): a small localizer at 4 mm and a 4-level U-Net that
+# segments at 1 mm on 64^3 patches of the localizer's crops.
 DEFAULT_LOCALIZER = {"arch": "unet", "spacing_mm": 4.0, "patch_size": [32, 32, 32],
-                     "arch_kwargs": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}}
-DEFAULT_SEGMENTER = {"arch": "unet", "spacing_mm": 1.0, "patch_size": [48, 48, 48],
-                     "arch_kwargs": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1}}
+                     "arch_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}}
+DEFAULT_SEGMENTER = {"arch": "unet", "spacing_mm": 1.0, "patch_size": [64, 64, 64],
+                     "arch_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}}
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def config_group(group: str, name: str) -> dict[str, Any]:
+    """A config group file of ``configs/`` with its ``defaults`` chain merged (OmegaConf only, no Hydra), e.g.
+    ``config_group("augmentation", "domain_randomization")``: every default still lives in the YAML files."""
+    from omegaconf import OmegaConf
+
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        raise DataError(f"{path}: no config '{name}' in group '{group}'; choices: {choices}")
+    raw = OmegaConf.load(path)
+    merged = OmegaConf.create({})
+    for entry in raw.get("defaults", []) or []:
+        if isinstance(entry, str) and entry != "_self_":
+            merged = OmegaConf.merge(merged, config_group(group, entry))
+    own = OmegaConf.masked_copy(raw, [k for k in raw if k != "defaults"])
+    return OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=False)  # type: ignore[return-value]
 
 
 def stage_config(manifest: Path, stage: str, run_dir: Path, spec: dict[str, Any], *, train_ids: list[str],
                  val_ids: list[str], epochs: int, iterations_per_epoch: int, seed: int = 0, device: str = "cpu",
-                 batch_size: int = 2, lr: float = 3e-3, augmentation: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
-    """A complete ``train_stage`` config (the groups of ``configs/train.yaml``) for one tiny stage run.
+                 batch_size: int = 2, lr: float | None = None, augmentation: dict[str, Any] | str | None = None,
+                 label_scheme: str = "lateral", localizer_run: Path | None = None, label_rater: str = "true",
+                 trainer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A complete ``train_stage`` config (the groups of ``configs/train.yaml``) for one stage run.
 
-    ``spec`` gives ``arch``, ``arch_kwargs``, ``spacing_mm`` and ``patch_size``; the crop settings, inferer and
-    normalization are those of ``configs/stage/*.yaml`` and ``configs/inferer/default.yaml``.
+    ``spec`` gives ``arch``, ``arch_kwargs``, ``spacing_mm`` and ``patch_size``; normalization, crop, inferer and
+    trainer defaults come from ``configs/stage/*.yaml``, ``configs/inferer/default.yaml`` and
+    ``configs/trainer/default.yaml``; ``augmentation`` is a dict or the name of a ``configs/augmentation`` file
+    (default: ``default``). ``localizer_run`` (segmentation): cut train/validation crops with that localizer
+    (``stage.crop.source=localizer``). ``trainer``: extra trainer keys (``patience``, ``max_minutes``, ...).
     """
-    jitter = 4.0 if stage == "segmentation" else 0.0
+    stage_yaml = config_group("stage", stage)
+    crop = dict(stage_yaml["crop"])
+    if stage == "segmentation" and localizer_run is not None:
+        crop.update({"source": "localizer", "localizer_run": str(localizer_run)})
+    if isinstance(augmentation, str) or augmentation is None:
+        augmentation = config_group("augmentation", augmentation or "default")
+        if stage == "localization":
+            augmentation["lr_flip"] = "plain"  # the cerebellum mask has no sides
+    trainer_cfg = {**config_group("trainer", "default"), "epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
+                   "val_every": epochs, "val_iterations": 1, "batch_size": batch_size, "foreground_prob": 0.5,
+                   "device": device, **(trainer or {})}
+    trainer_cfg["optimizer"] = {**trainer_cfg["optimizer"], **({"lr": lr} if lr is not None else {})}
     return {
         "seed": seed,
         "arch": {"name": spec["arch"], "kwargs": dict(spec["arch_kwargs"])},
         "data": {"name": "manifest", "manifest": str(manifest), "root": str(Path(manifest).parent),
-                 "label_rater": "true", "generate_if_missing": None},
+                 "label_rater": label_rater, "generate_if_missing": None},
         "stage": {"name": stage, "spacing_mm": spec["spacing_mm"], "patch_size": list(spec["patch_size"]),
-                  "label_rater": "true",
-                  "normalization": {"scheme": "zscore_nonzero", "clip_percentiles": [0.5, 99.5]},
-                  "crop": {"source": "cerebellum", "margin_mm": 10.0, "jitter_mm": jitter}},
+                  "label_rater": label_rater, "label_scheme": label_scheme,
+                  "normalization": dict(stage_yaml["normalization"]), "crop": crop},
         "split": {"name": "explicit", "train": list(train_ids), "val": list(val_ids)},
-        "trainer": {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_every": epochs,
-                    "val_iterations": 1, "batch_size": batch_size, "foreground_prob": 0.5,
-                    "optimizer": {"name": None, "lr": lr, "weight_decay": None, "momentum": None},
-                    "lr_schedule": "poly", "warmup_iterations": 0, "grad_clip": 12.0, "amp": False,
-                    "device": device, "num_threads": None, "resume": False},
-        "augmentation": augmentation if augmentation is not None else {
-            "enabled": True, "lr_flip": "swap_labels" if stage == "segmentation" else "plain", "lr_flip_prob": 0.5,
-            "rotate_deg": 10.0, "scale": 0.1, "affine_prob": 0.2, "intensity_scale": 0.1, "intensity_shift": 0.1,
-            "intensity_prob": 0.3, "noise_std": 0.05, "noise_prob": 0.15},
-        "inferer": {"overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.125, "sw_batch_size": 1, "tta": "none",
-                    "largest_component_per_class": True},
+        "trainer": trainer_cfg,
+        "augmentation": augmentation,
+        "inferer": config_group("inferer", "default"),
         "logger": {"wandb": {"enabled": False, "mode": "disabled"}},
         "paths": {"run_dir": str(run_dir), "runs_dir": str(Path(run_dir).parent)},
     }
@@ -109,8 +135,11 @@ def stage_config(manifest: Path, stage: str, run_dir: Path, spec: dict[str, Any]
 def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer: dict[str, Any] | None = None,
                          segmenter: dict[str, Any] | None = None, train_ids: list[str] | None = None,
                          val_ids: list[str] | None = None, epochs: int = 10, iterations_per_epoch: int = 20,
-                         seed: int = 0, device: str = "cpu", lr: float = 3e-3,
-                         augmentation: dict[str, Any] | None = None) -> Path:
+                         seed: int = 0, device: str = "cpu", lr: float | None = None,
+                         augmentation: dict[str, Any] | str | None = None, label_scheme: str = "lateral",
+                         crops_from_localizer: bool = False, localizer_epochs: int | None = None,
+                         trainer: dict[str, Any] | None = None, label_rater: str = "true",
+                         stage_minutes: dict[str, float] | None = None) -> Path:
     """Train a localizer and a segmenter into ``out_dir/localization`` and ``out_dir/segmentation``.
 
     Args:
@@ -119,9 +148,14 @@ def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer
         localizer, segmenter: stage specs (``arch``, ``arch_kwargs``, ``spacing_mm``, ``patch_size``);
             default :data:`DEFAULT_LOCALIZER` / :data:`DEFAULT_SEGMENTER`.
         train_ids, val_ids: case IDs (default: the last subject validates, every other case trains).
-        epochs, iterations_per_epoch: per-stage budget (batches of random patches).
-        lr: AdamW learning rate (poly decay).
-        augmentation: ``augmentation`` config group (default: laterality-safe flips, mild affine/intensity).
+        epochs, iterations_per_epoch: per-stage budget (batches of random patches); ``localizer_epochs``
+            overrides the localizer's epochs.
+        lr: learning rate (default: the architecture's recommendation; poly decay).
+        augmentation: segmentation augmentation (dict or ``configs/augmentation`` name; default ``default``).
+        label_scheme: ``lateral`` (0/1/2) or ``merged`` (one DN class, sides from world x).
+        crops_from_localizer: train and validate the segmenter on the crops of the localizer just trained.
+        trainer: extra trainer keys for both stages (``patience``, ``min_delta``, ``max_minutes``, ``val_every``).
+        stage_minutes: wall-clock budget per stage in minutes (``{"localization": .., "segmentation": ..}``).
     """
     from dentate_research.data.manifest import read_manifest
     from dentate_research.training import train_stage
@@ -135,9 +169,16 @@ def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer
         train_ids = [c.case_id for c in cases if c.case_id not in set(val_ids)]
     for stage, spec in (("localization", localizer or DEFAULT_LOCALIZER),
                         ("segmentation", segmenter or DEFAULT_SEGMENTER)):
+        is_seg = stage == "segmentation"
         cfg = stage_config(manifest, stage, out_dir / stage, spec, train_ids=train_ids, val_ids=list(val_ids or []),
-                           epochs=epochs, iterations_per_epoch=iterations_per_epoch, seed=seed, device=device,
-                           lr=lr, augmentation=augmentation)
+                           epochs=epochs if is_seg or localizer_epochs is None else localizer_epochs,
+                           iterations_per_epoch=iterations_per_epoch, seed=seed, device=device, lr=lr,
+                           augmentation=augmentation if is_seg or isinstance(augmentation, dict) else None,
+                           label_scheme=label_scheme,
+                           localizer_run=out_dir / "localization" if is_seg and crops_from_localizer else None,
+                           trainer={**(trainer or {}), **({"max_minutes": stage_minutes[stage]}
+                                                          if stage_minutes and stage in stage_minutes else {})},
+                           label_rater=label_rater)
         train_stage(cfg)
     (out_dir / "README.txt").write_text(
         "Two-step dentate nucleus model (localization/ + segmentation/ run directories) trained on "

@@ -7,9 +7,12 @@ For an input ``X.nii.gz`` (or ``X.nii``) and output folder ``out/``::
     out/X/X_cropped.nii.gz          the image cropped to the box (input orientation, shifted affine)
     out/X/X_cropped_seg.nii.gz      DN labels on the cropped grid
     out/X/X_metadata.json           status, flags, warnings, crop box (voxels and mm), spacing, models
-                                    (dirs + model.json), package versions, timings per step, DN statistics
+                                    (dirs + model.json), package versions, timings per step, DN statistics,
+                                    ``qc``: plausibility metrics and thresholds (:mod:`.qc`)
     out/X/X_overlay.png             axial / coronal / sagittal views through the DN (quick look)
-    out/volumes.csv                 one row per input: DN volume (mm^3) and mean susceptibility (ppm) per side
+    out/volumes.csv                 one row per input: DN volume (mm^3) and mean susceptibility (ppm) per side,
+                                    status, qc_status, flags (";"-separated), volume ratio, mean segmenter
+                                    confidence per side (``left_confidence``, ``right_confidence``)
 
 For a failed input (localizer found nothing, no DN) only ``X_metadata.json`` (``status: failed``), the
 cerebellar mask if localization ran, and a ``failed`` row in ``volumes.csv`` are written: never an empty
@@ -34,13 +37,15 @@ from dentate_research.data.geometry import BoundingBox, box_extent_mm
 from dentate_research.data.io import NIFTI_SUFFIXES, DataError, Volume, save_like, save_nifti
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
 
+from .qc import QC_FAILED, qc_status
+
 if TYPE_CHECKING:
     from .pipeline import DentatePredictor, SegmentationError, SegmentationResult
 
 VOLUMES_CSV = "volumes.csv"
-VOLUME_COLUMNS = ("case", "input", "status", "left_volume_mm3", "right_volume_mm3",
+VOLUME_COLUMNS = ("case", "input", "status", "qc_status", "left_volume_mm3", "right_volume_mm3",
                   "left_mean_susceptibility_ppm", "right_mean_susceptibility_ppm", "left_voxels", "right_voxels",
-                  "sides_swapped", "flags", "seg")
+                  "sides_swapped", "flags", "volume_ratio", "left_confidence", "right_confidence", "seg")
 OUTPUT_SUFFIXES = {
     "seg": "_seg.nii.gz",
     "cerebellar_mask": "_cerebellar_mask.nii.gz",
@@ -232,6 +237,18 @@ def _remove_stale(out_dir: Path, name: str, keep: dict[str, Path]) -> None:
             path.unlink()
 
 
+def _qc_columns(result: SegmentationResult) -> dict[str, Any]:
+    """The volumes.csv columns taken from ``result.qc`` (empty cells where a value does not exist)."""
+    qc = result.qc or {}
+    confidence = qc.get("confidence") or {}
+    status = qc.get("qc_status") or qc_status(result.flags, bool(qc.get("confidence_checked")))
+    row: dict[str, Any] = {"qc_status": status, "volume_ratio": qc.get("volume_ratio")}
+    for side in ("left", "right"):
+        entry = confidence.get(side)
+        row[f"{side}_confidence"] = None if entry is None else entry["mean"]
+    return row
+
+
 def write_case_outputs(result: SegmentationResult, predictor: DentatePredictor, out_dir: Path | str, *,
                        overwrite: bool = False, overlay: bool = True) -> CaseOutputs:
     """Write every output of one successful (possibly flagged) segmentation and its volumes row."""
@@ -264,12 +281,13 @@ def write_case_outputs(result: SegmentationResult, predictor: DentatePredictor, 
         "crop": _crop_report(result.crop_box, volume, result.margin_mm, result.min_crop_mm),
         "postprocess": asdict(result.postprocess),
         "statistics": result.statistics,
+        "qc": result.qc,
         "outputs": {key: p.name for key, p in paths.items()},
     })
     _write_json(metadata, paths["metadata"])
     update_volumes_table(out_dir, {
         "case": name, "input": metadata["input"], "status": result.status, **result.statistics,
-        "sides_swapped": result.sides_swapped, "flags": ";".join(result.flags),
+        "sides_swapped": result.sides_swapped, "flags": ";".join(result.flags), **_qc_columns(result),
         "seg": str(paths["seg"].relative_to(out_dir)),
     })
     return CaseOutputs(name, Path(volume.path), result.status, paths, metadata, result, list(result.flags))
@@ -298,7 +316,7 @@ def write_failure_outputs(failure: SegmentationError, predictor: DentatePredicto
                      "outputs": {key: p.name for key, p in written.items()}})
     _write_json(metadata, paths["metadata"])
     update_volumes_table(out_dir, {"case": name, "input": metadata["input"], "status": "failed",
-                                   "flags": failure.reason, "seg": ""})
+                                   "qc_status": QC_FAILED, "flags": failure.reason, "seg": ""})
     return CaseOutputs(name, Path(volume.path), "failed", written, metadata, None, [failure.reason])
 
 

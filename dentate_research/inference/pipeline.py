@@ -21,12 +21,18 @@ Failure is loud, never a silent empty mask:
   ``left_dn_empty`` / ``right_dn_empty``, ``cerebellum_touches_fov:<faces>`` (the localized region reaches
   the image border, the crop may miss part of the cerebellum), ``dn_touches_crop_border:<faces>``,
   ``dn_same_hemisphere`` (both DN centroids on one side of the cerebellar midline).
+* Plausibility QC after post-processing (:mod:`dentate_research.inference.qc`, thresholds
+  ``DentatePredictor.qc_thresholds``) adds flags for a DN volume outside 250-2500 mm^3, a left/right volume ratio
+  above 2, a DN centroid too close to or too far from the cerebellar midline, outside the cerebellar mask's box or
+  outside its expected part of that box, and low segmenter confidence inside the DN (only for segmenters with
+  ``predict_with_confidence``); the measured values are ``SegmentationResult.qc``.
 * Informational ``warnings``: ``sides_swapped`` (the model's sides were inverted in world x and were swapped
   back), crop box clipped at the field of view, small components removed.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +46,14 @@ from dentate_research.data.geometry import (
     bbox_from_mask,
     box_extent_mm,
     crop,
-    largest_component,
     uncrop,
 )
 from dentate_research.data.io import DataError, Volume, load_image, to_original_orientation
-from dentate_research.data.laterality import world_centroid
+from dentate_research.data.postprocess import PostprocessReport, postprocess_dn_labels, side_statistics
+from dentate_research.training.crops import Localization, crop_box_around, localize, min_crop_from_patch
 
-from .postprocess import PostprocessReport, postprocess_dn_labels, side_statistics
 from .protocol import StageModel, card_value, load_stage
+from .qc import QCThresholds, qc_status, quality_check
 
 DEFAULT_MARGIN_MM = 10.0
 PPM_PLAUSIBLE_P99 = 2.0  # ppm; brain QSM rarely exceeds ~0.5 ppm, ppb or Hz maps are 100-1000x larger
@@ -89,6 +95,8 @@ class SegmentationResult:
         statistics: per-side ``*_volume_mm3``, ``*_voxels``, ``*_mean_susceptibility_ppm``.
         postprocess: what post-processing changed (swap, removed voxels, empty sides).
         flags: problems needing review (see module docstring); empty when all is well.
+        qc: plausibility metrics of :func:`~dentate_research.inference.qc.quality_check` (volumes, ratio, DN
+            position relative to the cerebellum, segmenter confidence or None, thresholds, ``qc_status``).
         warnings: informational notes.
         timings_s: wall time per step in seconds.
         margin_mm, min_crop_mm: the crop settings used.
@@ -107,6 +115,7 @@ class SegmentationResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     margin_mm: float = DEFAULT_MARGIN_MM
     min_crop_mm: tuple[float, float, float] | None = None
+    qc: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -156,12 +165,7 @@ def _card_spacing(card: Any) -> np.ndarray | None:
 
 def default_min_crop_mm(segmenter_card: Any) -> tuple[float, float, float] | None:
     """One segmentation patch in mm (patch voxels x target spacing), or None if the card lacks either."""
-    patch = card_value(segmenter_card, "patch_size")
-    spacing = _card_spacing(segmenter_card)
-    if patch is None or spacing is None:
-        return None
-    size = np.asarray(patch, dtype=float) * spacing
-    return tuple(float(s) for s in size)  # type: ignore[return-value]
+    return min_crop_from_patch(card_value(segmenter_card, "patch_size"), _card_spacing(segmenter_card))
 
 
 class DentatePredictor:
@@ -180,7 +184,12 @@ class DentatePredictor:
         margin_mm: crop margin around the localized region in mm; default: the localizer card's
             ``crop_margin_mm`` if set, else 10 mm.
         min_crop_mm: minimal crop size per axis in mm; default: one segmentation patch in mm.
+
+    ``qc_thresholds`` (a :class:`~dentate_research.inference.qc.QCThresholds`, documented defaults) sets the
+    plausibility checks; assign another instance to change them.
     """
+
+    qc_thresholds: QCThresholds = QCThresholds()
 
     def __init__(self, localizer_dir: Path | str, segmenter_dir: Path | str, device: str = "cpu",
                  margin_mm: float | None = None, min_crop_mm: tuple[float, float, float] | None = None):
@@ -222,25 +231,10 @@ class DentatePredictor:
             raise ValueError(f"margin_mm must be >= 0 mm, got {self.margin_mm}")
         self.min_crop_mm = tuple(min_crop_mm) if min_crop_mm is not None else default_min_crop_mm(segmenter.card)
 
-    def _localize(self, volume: Volume) -> tuple[np.ndarray, int]:
-        """Cerebellar mask on ``volume``'s grid (largest component) and the voxels dropped outside it.
-
-        When the StageModel exposes ``predict_probabilities`` (the training package's StageModel does), the
-        argmax and the connected-component step run on the localizer's coarse grid and the mask is brought to the
-        native grid by nearest neighbour: on a 0.6 mm whole head this avoids linearly resampling two probability
-        maps of ~25 M voxels just to draw a bounding box. Otherwise ``predict`` (labels on the input grid) is used.
-        """
-        if hasattr(self.localizer, "predict_probabilities"):
-            probs, grid = self.localizer.predict_probabilities(volume)
-            coarse = np.argmax(np.asarray(probs), axis=0) > 0
-            kept = largest_component(coarse)
-            mask = labels_to_grid(kept, grid.affine, volume)
-            dropped_coarse = int(coarse.sum() - kept.sum())
-            scale = float(np.prod(grid.spacing) / np.prod(volume.spacing))
-            return mask, int(round(dropped_coarse * scale))
-        raw = _as_labels(self.localizer.predict(volume), volume, "localization") > 0
-        mask = largest_component(raw)
-        return mask, int(raw.sum() - mask.sum())
+    def _localize(self, volume: Volume) -> Localization:
+        """Cerebellar mask on ``volume``'s grid (largest component): :func:`dentate_research.training.crops.localize`,
+        the same function that cuts the segmentation crops at training and validation."""
+        return localize(self.localizer, volume)
 
     # ------------------------------------------------------------------ public API
     def predict_array(self, array: np.ndarray, affine: np.ndarray) -> SegmentationResult:
@@ -288,7 +282,8 @@ class DentatePredictor:
                 "localizer_empty", f"{volume.path or 'input'}: the image is constant ({low:g} everywhere), there is "
                 "no cerebellum to localize; is this a QSM image of the head in ppm?", volume,
                 np.zeros(volume.shape, np.uint8), timings_s=timings)
-        mask, dropped = self._localize(volume)
+        localization = self._localize(volume)
+        mask, dropped = localization.mask, localization.dropped_voxels
         timings["localization"] = time.perf_counter() - t0
         if not mask.any():
             raise SegmentationError(
@@ -304,7 +299,7 @@ class DentatePredictor:
         faces = tight.touches_border(volume.shape)
         if faces:
             flags.append(f"cerebellum_touches_fov:{','.join(faces)}")
-        box = bbox_from_mask(mask, volume.affine, self.margin_mm, self.min_crop_mm)
+        box = crop_box_around(mask, volume.affine, self.margin_mm, self.min_crop_mm)
         assert box is not None
         clipped = [f for f in box.touches_border(volume.shape) if f not in faces]
         if clipped:
@@ -314,13 +309,13 @@ class DentatePredictor:
         timings["crop"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        raw_labels = _as_labels(self.segmenter.predict(cropped), cropped, "segmentation")
+        raw_labels, confidence, confidence_measure = _segment(self.segmenter, cropped)
         timings["segmentation"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        centre = world_centroid(mask, volume.affine)
-        midline = None if centre is None else float(centre[0])
-        cropped_labels, report = postprocess_dn_labels(raw_labels, cropped.affine, midline)
+        midline = localization.midline_x_mm
+        merged = len(card_value(self.segmenter.card, "classes", None) or [0, 1, 2]) == 2  # one DN class
+        cropped_labels, report = postprocess_dn_labels(raw_labels, cropped.affine, midline, merged=merged)
         if len(report.empty_sides) == 2:
             raise SegmentationError(
                 "no_dn_found", f"{volume.path or 'input'}: the segmentation model found no dentate nucleus in "
@@ -345,36 +340,18 @@ class DentatePredictor:
         stats = side_statistics(cropped_labels, cropped.array, cropped.spacing)
         timings["postprocess"] = time.perf_counter() - t0
 
+        t0 = time.perf_counter()
+        qc_flags, qc = quality_check(cropped_labels, cropped.affine, mask, volume.affine, confidence,
+                                     midline_x_mm=midline, thresholds=self.qc_thresholds,
+                                     confidence_measure=confidence_measure)
+        flags.extend(qc_flags)
+        qc["qc_status"] = qc_status(flags, qc["confidence_checked"])
+        timings["qc"] = time.perf_counter() - t0
+
         return SegmentationResult(volume=volume, labels=labels, cerebellar_mask=mask.astype(np.uint8),
                                   crop_box=box, cropped_image=cropped, cropped_labels=cropped_labels,
                                   statistics=stats, postprocess=report, flags=flags, warnings=warnings,
-                                  timings_s=timings, margin_mm=self.margin_mm, min_crop_mm=self.min_crop_mm)
-
-
-def labels_to_grid(labels: np.ndarray, source_affine: np.ndarray, target: Volume) -> np.ndarray:
-    """Nearest-neighbour transfer of a label map from one grid to ``target``'s grid through world mm.
-
-    Axis-aligned grids (e.g. a coarse resampling of the same image) use separable index look-ups (fast on
-    25 M-voxel volumes); other grids fall back to ``scipy.ndimage.affine_transform`` (order 0). Target voxels
-    outside the source grid get 0.
-    """
-    target_to_source = np.linalg.inv(source_affine) @ target.affine
-    linear = target_to_source[:3, :3]
-    if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-6):
-        index = []
-        valid = []
-        for axis, n in enumerate(target.shape):
-            idx = np.rint(linear[axis, axis] * np.arange(n) + target_to_source[axis, 3]).astype(int)
-            valid.append((idx >= 0) & (idx < labels.shape[axis]))
-            index.append(np.clip(idx, 0, labels.shape[axis] - 1))
-        out = labels[np.ix_(*index)]
-        inside = valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]
-        return np.where(inside, out, 0).astype(labels.dtype)
-    from scipy import ndimage
-
-    moved = ndimage.affine_transform(labels.astype(np.uint8), linear, target_to_source[:3, 3],
-                                     output_shape=target.shape, order=0, mode="constant", cval=0)
-    return moved.astype(labels.dtype)
+                                  timings_s=timings, margin_mm=self.margin_mm, min_crop_mm=self.min_crop_mm, qc=qc)
 
 
 def units_warnings(volume: Volume) -> list[str]:
@@ -388,6 +365,30 @@ def units_warnings(volume: Volume) -> list[str]:
                 "segmentation is unaffected (per-scan normalization) but mean susceptibility is reported in the "
                 "file's units"]
     return []
+
+
+def _segment(segmenter: StageModel, cropped: Volume) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """DN labels on the crop grid, the segmenter's per-voxel confidence there and what that confidence measures.
+
+    ``dn_vs_background`` (max(p_background, 1 - p_background)) when ``predict_with_confidence`` accepts
+    ``merge_foreground``: sides are re-assigned from world x, so a network splitting a DN's probability between
+    left and right is not uncertain about anything the pipeline uses; ``max_class`` (max over all classes) for
+    other models with ``predict_with_confidence``; ``(labels, None, None)`` without it (QC records confidence as
+    None and skips that check).
+    """
+    method = getattr(segmenter, "predict_with_confidence", None)
+    if method is None:
+        return _as_labels(segmenter.predict(cropped), cropped, "segmentation"), None, None
+    try:
+        merge = "merge_foreground" in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # builtins / C callables without a signature
+        merge = False
+    labels, confidence = method(cropped, merge_foreground=True) if merge else method(cropped)
+    confidence = np.asarray(confidence, dtype=np.float32)
+    if confidence.shape != cropped.shape:
+        raise RuntimeError(f"segmentation model returned confidence of shape {confidence.shape}, expected the "
+                           f"input grid {cropped.shape} (StageModel.predict_with_confidence contract)")
+    return _as_labels(labels, cropped, "segmentation"), confidence, "dn_vs_background" if merge else "max_class"
 
 
 def _as_labels(prediction: np.ndarray, volume: Volume, stage: str) -> np.ndarray:

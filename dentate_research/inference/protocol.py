@@ -26,6 +26,12 @@ class StageModel(Protocol):
     test-time augmentation happen inside ``predict``. ``card`` is the ModelCard (stage, arch, spacing, ...).
     Optional: ``predict_probabilities(volume) -> (probs (C, X, Y, Z), grid Volume)`` on the network grid; when
     present the pipeline localizes on the coarse grid (see ``DentatePredictor._localize``).
+    Optional: ``predict_with_confidence(volume) -> (labels, max_probability)``, both on the input grid, the second
+    the per-voxel maximum over classes of the softmax probabilities; when a segmenter has it the pipeline checks
+    its confidence inside the predicted DN (:mod:`dentate_research.inference.qc`), otherwise confidence is recorded
+    as None and not checked. If the method also accepts ``merge_foreground=True`` (the training package's
+    StageModel does) the pipeline asks for DN-vs-background confidence (left and right merged), because sides are
+    re-assigned from world x anyway.
     """
 
     card: Any

@@ -68,6 +68,8 @@ class StudySettings:
         loso_sites: sites left out in T6 (empty: every development site).
         arch_overrides: extra overrides for one architecture's runs (e.g. a smaller nnU-Net on a CPU),
             reported with the tables.
+        crops_from_localizer: segmentation runs train and validate on the crops of the same fold's localizer
+            (``stage.crop.source=localizer``), i.e. exactly the crops the two-step pipeline makes.
     """
 
     name: str
@@ -90,6 +92,7 @@ class StudySettings:
     train_overrides: list[str] = field(default_factory=list)
     localizer_overrides: list[str] = field(default_factory=list)
     arch_overrides: dict[str, list[str]] = field(default_factory=dict)
+    crops_from_localizer: bool = False
     device: str = "cpu"
     seed: int = 0
     reuse_runs: bool = True
@@ -169,6 +172,9 @@ class StudyRunner:
             overrides += list(s.localizer_overrides)
         else:
             overrides += list(s.arch_overrides.get(arch, []))
+            if s.crops_from_localizer:  # train and validate on the crops this fold's localizer makes at inference
+                loc_dir = self.train("localization", s.localizer_arch, fold)
+                overrides += ["stage.crop.source=localizer", f"stage.crop.localizer_run={loc_dir}"]
         cfg = self.compose(overrides)
         from ..training import train_stage
 
@@ -280,7 +286,7 @@ class StudyRunner:
 
         loc_dir = self.localizer()
         _, _, test = self._fold_cases("0")
-        rows, summary_extra = [], {}
+        rows, summary_extra, curves = [], {}, {}
         for arch in self.s.architectures:
             seg_dir = self.train("segmentation", arch, "0")
             predictor = self._predictor(loc_dir, seg_dir)
@@ -291,33 +297,47 @@ class StudyRunner:
                 times.append(seconds)
                 rows += self._evaluate_labels(case, image_ppm, ref, labels, arch, "0", {"inference_s": seconds}, flag)
             info = _read_json(seg_dir / "run_info.json")
-            card = _read_json(seg_dir / "model.json")
-            cfg_epochs = _epochs(seg_dir)
+            summary = info.get("training_summary") or {}
             model = load_stage_model(seg_dir, device=self.s.device)
             network = getattr(model, "network", None)
             if network is None and hasattr(model, "predictor"):
                 network = model.predictor.network
+            iterations = summary.get("iterations_run") or _budget_iterations(seg_dir)
+            train_s = float(info.get("timings_s", {}).get("train", float("nan")))
+            best = summary.get("best") or {}
             summary_extra[arch] = {
                 "parameters_M": count_parameters(network) / 1e6 if network is not None else float("nan"),
-                "train_s_per_epoch": info.get("timings_s", {}).get("train", float("nan")) / max(cfg_epochs, 1),
+                "iterations": iterations, "stop_reason": summary.get("stop_reason", "budget"),
+                "train_min": train_s / 60.0, "s_per_iteration": train_s / max(int(iterations or 1), 1),
+                "best_val_dice": best.get("value", float("nan")), "best_at_iteration": best.get("iteration"),
                 "inference_s_per_case": float(np.mean(times)) if times else float("nan"),
-                "val_dice_at_training": _val_dice(card),
             }
+            curves[arch] = seg_dir / "metrics.csv"
         df = pd.DataFrame(rows)
         self._save_per_case(df, "T3_architectures")
         table = self._dice_by_side(df, ["method"])
-        for col in ("parameters_M", "train_s_per_epoch", "inference_s_per_case"):
+        for col in ("parameters_M", "iterations", "stop_reason", "best_val_dice", "best_at_iteration", "train_min",
+                    "s_per_iteration", "inference_s_per_case"):
             table[col] = [summary_extra[m][col] for m in table["method"]]
         table = table.rename(columns={"method": "architecture"})
         self._plot_dice(df, "T3_architectures", "method")
+        from ..evaluation.plots import learning_curves_plot
+
+        self.fig_dir.mkdir(parents=True, exist_ok=True)
+        learning_curves_plot(curves, self.fig_dir / "T3_learning_curves.png",
+                             title="T3: validation Dice (mean of sides) during training")
         return write_table(table, self.s.out_dir, "T3_architectures",
                            "T3 Architecture benchmark (two-step pipeline, internal test set)", self._stamp(),
                            "Identical split, preprocessing, patch sampling, iteration budget, inferer and "
                            "post-processing for every architecture; the same localizer; only the network differs"
                            + (f" (architecture-specific overrides: {self.s.arch_overrides})" if self.s.arch_overrides
                               else "") + ". "
-                           f"Reference: {self.s.rater}. Budget: see config.yaml of each run in the work folder "
-                           "and provenance.json.")
+                           f"Reference: {self.s.rater}. iterations = training iterations run; stop_reason = "
+                           "plateau (early stopping: no validation gain for trainer.patience validations), "
+                           "time_budget (trainer.max_minutes reached before the plateau) or budget (all epochs); "
+                           "best_val_dice = mean Dice of the sides on the fold's validation crops at the selected "
+                           "checkpoint; learning curves in figures/T3_learning_curves.png. Budget: see config.yaml "
+                           "of each run in the work folder and provenance.json.")
 
     # ------------------------------------------------------------------ T4
     def two_step(self) -> Path:
@@ -339,7 +359,8 @@ class StudyRunner:
             t0 = time.perf_counter()
             raw = whole.predict(volume)
             head = world_centroid(volume.array != 0, volume.affine)  # midline without a localizer: head centre
-            one, _ = postprocess_dn_labels(raw, volume.affine, None if head is None else float(head[0]))
+            one, _ = postprocess_dn_labels(raw, volume.affine, None if head is None else float(head[0]),
+                                           merged=len(whole.card.classes) == 2)
             seconds_one = time.perf_counter() - t0
             rows += self._evaluate_labels(case, image_ppm, ref, one, "one-step (whole volume)", "0",
                                           {"inference_s": seconds_one})
@@ -496,19 +517,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _epochs(run_dir: Path) -> int:
+def _budget_iterations(run_dir: Path) -> int:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    return int(cfg.trainer.epochs)
+    return int(cfg.trainer.epochs) * int(cfg.trainer.iterations_per_epoch)
 
 
-def _val_dice(card: dict[str, Any]) -> float:
-    metrics = card.get("metrics") or {}
-    for key in ("dice_mean", "dice"):
-        if isinstance(metrics.get(key), int | float):
-            return float(metrics[key])
-    return float("nan")
 
 
 def _comparison_lines(comp: pd.DataFrame) -> str:

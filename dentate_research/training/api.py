@@ -23,10 +23,11 @@ from ..data.manifest import Case, read_manifest
 from ..models import available_architectures, get_arch, validate_patch_size
 from .artifacts import ModelCard, load_stage_model, plot_training_curve, resolve_device, write_run_info
 from .augmentation import AugmentationSettings
+from .crops import min_crop_from_patch
 from .inferer import InfererSettings
 from .loggers import RunLogger
 from .monai_loop import LoopSettings, train_monai
-from .preprocessing import CLASSES, STAGES, median_spacing, prepare_samples
+from .preprocessing import STAGES, median_spacing, prepare_samples, stage_classes
 from .validation import stage_metrics
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -145,14 +146,33 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig) -> Path:
     crop_cfg = OmegaConf.to_container(cfg.stage.crop, resolve=True) if cfg.stage.get("crop") else {}
     rater = cfg.stage.label_rater
     rater = "true" if rater is True else str(rater)  # YAML/Hydra read an unquoted `true` as a boolean
-    common = {"spacing_mm": spacing, "normalization": normalization, "crop_cfg": crop_cfg, "label_rater": rater}
+    label_scheme = str(cfg.stage.get("label_scheme") or "lateral")
+    classes = stage_classes(stage, label_scheme)
+    localizer = None
+    if stage == "segmentation" and crop_cfg.get("source") == "localizer":
+        loc_run = crop_cfg.get("localizer_run")
+        if not loc_run:
+            raise DataError("stage.crop.source=localizer needs stage.crop.localizer_run=RUN_DIR (a trained "
+                            "localization run): crops are then cut exactly as inference cuts them")
+        localizer = load_stage_model(Path(str(loc_run)).expanduser(), device=device)
+        if localizer.card.stage != "localization":
+            raise DataError(f"stage.crop.localizer_run={loc_run}: a '{localizer.card.stage}' run, expected a "
+                            "localization run")
+        crop_cfg["localizer_run"] = str(Path(str(loc_run)).expanduser().resolve())
+        crop_cfg.setdefault("margin_mm", localizer.card.crop_margin_mm)
+    min_crop = min_crop_from_patch(patch_size, spacing) if stage == "segmentation" else None
+    common = {"spacing_mm": spacing, "normalization": normalization, "crop_cfg": crop_cfg, "label_rater": rater,
+              "localizer": localizer, "min_crop_mm": min_crop}
     train_samples = prepare_samples(train_cases, stage, training=True, seed=seed, desc="train cases", **common)
     val_samples = prepare_samples(val_cases, stage, training=False, seed=seed, desc="val cases", **common)
+    del localizer
     t_prepare = time.perf_counter() - t0
 
-    classes = CLASSES[stage]
     inferer = InfererSettings.from_dict(OmegaConf.to_container(cfg.inferer, resolve=True), patch_size)
-    postprocess = bool(cfg.inferer.get("largest_component_per_class", True))
+    # one merged DN class holds both nuclei (two components): the largest-component step runs per side after the
+    # world-x side assignment (data.postprocess.postprocess_dn_labels), never on the merged class
+    merged_dn = stage == "segmentation" and len(classes) == 2
+    postprocess = bool(cfg.inferer.get("largest_component_per_class", True)) and not merged_dn
     margin_mm = float(crop_cfg.get("margin_mm", 10.0))
     card = ModelCard(
         stage=stage, arch=arch, framework=spec.framework, arch_kwargs=dict(arch_kwargs), classes=list(classes),
@@ -177,10 +197,13 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig) -> Path:
                         lr=opt.get("lr"), weight_decay=opt.get("weight_decay"), momentum=opt.get("momentum"),
                         lr_schedule=str(tr.lr_schedule), warmup_iterations=int(tr.get("warmup_iterations", 0)),
                         grad_clip=tr.get("grad_clip"), amp=bool(tr.amp), foreground_prob=float(tr.foreground_prob),
-                        resume=bool(tr.get("resume", False)))
+                        resume=bool(tr.get("resume", False)), patience=tr.get("patience"),
+                        min_delta=float(tr.get("min_delta") or 0.0), max_minutes=tr.get("max_minutes"))
+    loop_result: dict[str, Any] = {}
     try:
         if spec.framework == "monai":
-            train_monai(run_dir=run_dir, stage=stage, arch=arch, arch_kwargs=dict(arch_kwargs), classes=classes,
+            loop_result = train_monai(
+                        run_dir=run_dir, stage=stage, arch=arch, arch_kwargs=dict(arch_kwargs), classes=classes,
                         train_samples=train_samples, val_samples=val_samples, patch_size=patch_size, loop=loop,
                         augmentation=AugmentationSettings.from_dict(OmegaConf.to_container(cfg.augmentation,
                                                                                           resolve=True)),
@@ -191,15 +214,21 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig) -> Path:
 
             aug = cfg.augmentation
             mirroring = bool(aug.get("enabled", True)) and bool(aug.get("nnunet_mirroring", True))
+            lateral = stage == "segmentation" and len(classes) >= 3
             lr_swap = (float(aug.get("lr_flip_prob", 0.5)) if aug.get("enabled", True)
-                       and aug.get("lr_flip") == "swap_labels" and stage == "segmentation" else 0.0)
-            nn = train_nnunet(run_dir, train_samples, val_samples, classes, patch_size=patch_size,
+                       and aug.get("lr_flip") == "swap_labels" and lateral else 0.0)
+            if stage == "segmentation" and not lateral:  # merged scheme: nnU-Net learns one DN class
+                train_samples = [merged_sample(s) for s in train_samples]
+                val_nn = [merged_sample(s) for s in val_samples]
+            else:
+                val_nn = val_samples
+            nn = train_nnunet(run_dir, train_samples, val_nn, classes, patch_size=patch_size,
                               batch_size=loop.batch_size, epochs=loop.epochs,
                               iterations_per_epoch=loop.iterations_per_epoch,
                               val_iterations=int(tr.get("val_iterations", 5)), arch_kwargs=dict(arch_kwargs),
                               device=device, seed=seed, initial_lr=opt.get("lr"),
                               allow_mirroring=mirroring, lr_swap_probability=lr_swap,
-                              resume=loop.resume)
+                              mirror_lr_axis=not lateral and stage == "segmentation", resume=loop.resume)
             history = nn.pop("history")
             for e, loss in enumerate(history["train_losses"]):
                 row: dict[str, Any] = {"epoch": e + 1, "iteration": (e + 1) * loop.iterations_per_epoch,
@@ -222,12 +251,16 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig) -> Path:
         if val_samples:
             model = load_stage_model(run_dir, device=device)
             final = stage_metrics(stage, lambda s: model.predict(s.raw_volume()), val_samples, margin_mm)
-            logger.log({"epoch": loop.epochs, "iteration": loop.epochs * loop.iterations_per_epoch, "phase": "final",
+            logger.log({"epoch": loop_result.get("epochs_run", loop.epochs),
+                        "iteration": loop_result.get("iterations_run", loop.epochs * loop.iterations_per_epoch),
+                        "phase": "final",
                         **{k: v for k, v in final.items() if k != "per_case"}})
             logger.summary({f"final_{k}": v for k, v in final.items() if k != "per_case"})
         card.metrics = final
         card.to_json(run_dir / "model.json")
         t_eval = time.perf_counter() - t0
+        summary = training_summary(logger.rows, loop_result)
+        logger.summary(summary)
     finally:
         logger.finish()
     plot_training_curve([r for r in logger.rows if r.get("phase") != "final"], run_dir / "training_curve.png",
@@ -236,5 +269,37 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig) -> Path:
                    timings={"prepare": t_prepare, "train": t_train, "final_validation": t_eval,
                             "total": time.perf_counter() - t_start},
                    extra={"split": split_name, "n_train": len(train_ids), "n_val": len(val_ids), "stage": stage,
-                          "arch": arch})
+                          "arch": arch, "label_scheme": label_scheme if stage == "segmentation" else None,
+                          "training_summary": summary})
     return run_dir
+
+
+DICE_MILESTONES = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9)
+
+
+def training_summary(rows: list[dict[str, Any]], loop_result: Mapping[str, Any]) -> dict[str, Any]:
+    """Time-to-Dice and plateau facts of a run from its metrics rows (segmentation: mean DN Dice).
+
+    ``time_to_dice``: for each milestone the first validation reaching it (iteration, wall_time_s); ``best``: the
+    best validation (value, iteration, wall time); ``stop_reason``: ``budget`` | ``plateau`` | ``time_budget``.
+    """
+    key = "val_dice_mean" if any(r.get("val_dice_mean") is not None for r in rows) else "val_dice_cerebellum"
+    validated = [r for r in rows if r.get(key) is not None and r.get("phase") != "final"]
+    reached: dict[str, Any] = {}
+    for milestone in DICE_MILESTONES:
+        first = next((r for r in validated if float(r[key]) >= milestone), None)
+        reached[f"{milestone:g}"] = None if first is None else {"iteration": first.get("iteration"),
+                                                                "wall_time_s": first.get("wall_time_s")}
+    best = max(validated, key=lambda r: float(r[key]), default=None)
+    return {"metric": key, "time_to_dice": reached,
+            "best": None if best is None else {"value": float(best[key]), "iteration": best.get("iteration"),
+                                               "wall_time_s": best.get("wall_time_s")},
+            "stop_reason": loop_result.get("stop_reason", "budget"),
+            "iterations_run": loop_result.get("iterations_run"), "epochs_run": loop_result.get("epochs_run")}
+
+
+def merged_sample(sample: Any) -> Any:
+    """A copy of a segmentation sample whose DN labels 1/2 are merged into one class (label 1)."""
+    from dataclasses import replace
+
+    return replace(sample, label=(sample.label > 0).astype(np.uint8))

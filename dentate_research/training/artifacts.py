@@ -116,7 +116,12 @@ def _json_default(obj: Any) -> Any:
 
 
 class StageModel:
-    """A trained stage ready for inference: ``predict(volume) -> labels on the volume's grid``."""
+    """A trained stage ready for inference: ``predict(volume) -> labels on the volume's grid``.
+
+    ``predict_with_confidence(volume, merge_foreground=False) -> (labels, max-class probability)`` on the same grid
+    (used by inference QC);
+    ``predict_probabilities(volume) -> (probs (C, X, Y, Z), grid)`` on the network grid (subclasses implement it).
+    """
 
     def __init__(self, card: ModelCard, run_dir: Path, device: torch.device):
         self.card = card
@@ -140,6 +145,22 @@ class StageModel:
 
     def predict(self, volume: Volume) -> np.ndarray:
         """Integer labels (uint8) on ``volume``'s grid (canonical RAS Volume as from ``load_image``)."""
+        return self._labels_on_input_grid(volume)[0]
+
+    def predict_with_confidence(self, volume: Volume, merge_foreground: bool = False
+                                ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels as :meth:`predict` and a per-voxel confidence (float32) on ``volume``'s grid.
+
+        Confidence = the maximum over classes of the class probabilities, after the same linear resampling to the
+        input grid that the labels come from. With ``merge_foreground`` the foreground classes count as one
+        (confidence = max(p_background, 1 - p_background)): what matters when a later step re-derives the
+        classes, e.g. DN sides assigned from world x; for 2-class models (background, DN) both are the same.
+        """
+        return self._labels_on_input_grid(volume, merge_foreground)
+
+    def _labels_on_input_grid(self, volume: Volume, merge_foreground: bool = False
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """Shared by :meth:`predict` and :meth:`predict_with_confidence`: (uint8 labels, float32 confidence)."""
         if volume.array.ndim != 3:
             raise DataError(f"expected a 3D volume, got shape {volume.array.shape}")
         probs, grid = self.predict_probabilities(volume)
@@ -148,7 +169,12 @@ class StageModel:
                         for p in probs]
             probs = np.stack(channels)
         labels = np.argmax(probs, axis=0).astype(np.uint8)
-        return postprocess_labels(labels, bool(self.card.postprocess.get("largest_component_per_class", True)))
+        if merge_foreground:
+            confidence = np.maximum(probs[0], 1.0 - probs[0]).astype(np.float32)
+        else:
+            confidence = np.max(probs, axis=0).astype(np.float32)
+        labels = postprocess_labels(labels, bool(self.card.postprocess.get("largest_component_per_class", True)))
+        return labels, confidence
 
 
 class MonaiStageModel(StageModel):

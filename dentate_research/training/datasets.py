@@ -30,7 +30,9 @@ class PatchSampler:
     """Draw augmented training batches ``(B, 1, *patch)`` image and ``(B, 1, *patch)`` label tensors."""
 
     def __init__(self, samples: Sequence[StageSample], patch_size: Sequence[int], batch_size: int,
-                 foreground_prob: float = 0.33, augmenter: Augmenter | None = None, seed: int = 0):
+                 foreground_prob: float = 0.33, augmenter: Augmenter | None = None, seed: int = 0,
+                 merge_labels: bool = False):
+        """``merge_labels``: train one foreground class (every label > 0 becomes 1; the ``merged`` DN scheme)."""
         if not samples:
             raise ValueError("PatchSampler: no training samples")
         if batch_size < 1:
@@ -43,7 +45,7 @@ class PatchSampler:
         self.items = []
         for s in samples:
             image, _ = pad_to_patch(s.image, self.patch)
-            label, _ = pad_to_patch(s.label, self.patch)
+            label, _ = pad_to_patch((s.label > 0).astype(np.uint8) if merge_labels else s.label, self.patch)
             classes = [int(c) for c in np.unique(label) if c > 0]
             fg = {c: np.argwhere(label == c) for c in classes}
             self.items.append((image, label, s.affine, fg))

@@ -48,6 +48,17 @@ class LoopSettings:
     amp: bool = False
     foreground_prob: float = 0.33
     resume: bool = False
+    patience: int | None = None  # early stop after this many validations without improvement (None: off)
+    min_delta: float = 0.0  # improvement of the selection score that resets the patience counter
+    max_minutes: float | None = None  # wall-clock budget of the training loop (None: off)
+
+    def __post_init__(self) -> None:
+        if self.patience is not None and int(self.patience) < 1:
+            raise ValueError(f"trainer.patience must be >= 1 validations or null, got {self.patience}")
+        if self.max_minutes is not None and float(self.max_minutes) <= 0:
+            raise ValueError(f"trainer.max_minutes must be > 0 or null, got {self.max_minutes}")
+        if self.min_delta < 0:
+            raise ValueError(f"trainer.min_delta must be >= 0, got {self.min_delta}")
 
 
 def make_optimizer(params: Any, arch: str, s: LoopSettings) -> torch.optim.Optimizer:
@@ -97,10 +108,17 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
                 patch_size: Sequence[int], loop: LoopSettings, augmentation: AugmentationSettings,
                 inferer: InfererSettings, postprocess: bool, margin_mm: float, device: torch.device,
                 logger: RunLogger, seed: int = 0) -> dict[str, Any]:
-    """Train a MONAI network; writes checkpoints/{last,best,final}.pt; returns the best validation metrics."""
+    """Train a MONAI network; writes checkpoints/{last,best,final}.pt; returns the best validation metrics
+    plus ``stop_reason`` (``budget`` | ``plateau`` | ``time_budget``), ``epochs_run`` and ``iterations_run``.
+
+    Every epoch row of metrics.csv carries ``wall_time_s`` (training + validation time since the start of the
+    run, continued across a resume), ``timestamp_utc`` and, for validated epochs, ``val_time_s``.
+    """
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    lateralized = stage == "segmentation"
+    # 3 classes: left/right DN channels (LR flips swap labels 1/2, TTA swaps channels); 2 classes: one DN class
+    lateralized = stage == "segmentation" and len(classes) >= 3
+    merge_labels = stage == "segmentation" and len(classes) == 2
     network = build_network(arch, 1, len(classes), patch_size, arch_kwargs).to(device)
     optimizer = make_optimizer(network.parameters(), arch, loop)
     scheduler = make_scheduler(optimizer, loop)
@@ -109,9 +127,10 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
     augmenter = Augmenter(augmentation, lateralized_labels=lateralized, seed=seed)
-    sampler = PatchSampler(train_samples, patch_size, loop.batch_size, loop.foreground_prob, augmenter, seed)
+    sampler = PatchSampler(train_samples, patch_size, loop.batch_size, loop.foreground_prob, augmenter, seed,
+                           merge_labels=merge_labels)
 
-    start_epoch, best_score, best_metrics = 0, -math.inf, {}
+    start_epoch, best_score, best_metrics, wall_offset, since_best = 0, -math.inf, {}, 0.0, 0
     last = ckpt_dir / "last.pt"
     if loop.resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
@@ -120,6 +139,7 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_score = int(state["epoch"]) + 1, float(state["best_score"])
         best_metrics = state.get("best_metrics", {})
+        wall_offset, since_best = float(state.get("wall_time_s", 0.0)), int(state.get("since_best", 0))
         sampler.rng = np.random.default_rng([seed, start_epoch])
         logger.load_existing()
 
@@ -128,6 +148,12 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
         return postprocess_labels(np.argmax(probs, axis=0).astype(np.uint8), postprocess)
 
     iteration = start_epoch * loop.iterations_per_epoch
+    t_run = time.perf_counter()
+    stop_reason, epochs_run = "budget", start_epoch
+
+    def wall() -> float:
+        return wall_offset + time.perf_counter() - t_run
+
     for epoch in range(start_epoch, loop.epochs):
         network.train()
         t0 = time.perf_counter()
@@ -161,23 +187,42 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
         row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "train_loss": float(np.mean(losses)),
                                "lr": float(optimizer.param_groups[0]["lr"]),
                                "epoch_time_s": time.perf_counter() - t0}
-        is_last = epoch + 1 == loop.epochs
+        out_of_time = loop.max_minutes is not None and wall() >= 60.0 * float(loop.max_minutes)
+        is_last = epoch + 1 == loop.epochs or out_of_time
         if val_samples and ((epoch + 1) % max(1, loop.val_every) == 0 or is_last):
+            t_val = time.perf_counter()
             with torch.no_grad():
                 metrics = stage_metrics(stage, predict, val_samples, margin_mm)
             row.update({k: v for k, v in metrics.items() if k != "per_case"})
+            row["val_time_s"] = time.perf_counter() - t_val
             score = selection_score(stage, metrics)
             row["val_score"] = score
+            if score > best_score + float(loop.min_delta) or best_score == -math.inf:
+                since_best = 0
+            else:
+                since_best += 1
             if score > best_score:
                 best_score, best_metrics = score, {k: v for k, v in metrics.items() if k != "per_case"}
-                best_metrics["epoch"] = epoch + 1
+                best_metrics.update({"epoch": epoch + 1, "iteration": iteration, "wall_time_s": wall()})
                 _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics=best_metrics)
         elif not val_samples and is_last:
             _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics={})
+        row["wall_time_s"] = wall()
+        row["timestamp_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         logger.log(row)
         _save(last, model=network.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-              epoch=epoch, best_score=best_score, best_metrics=best_metrics)
-    _save(ckpt_dir / "final.pt", model=network.state_dict(), epoch=loop.epochs - 1)
+              epoch=epoch, best_score=best_score, best_metrics=best_metrics, wall_time_s=wall(),
+              since_best=since_best)
+        epochs_run = epoch + 1
+        plateau = loop.patience is not None and since_best >= int(loop.patience)
+        if out_of_time or plateau:
+            stop_reason = "time_budget" if out_of_time else "plateau"
+            print(f"[train] {arch}: stopping after epoch {epoch + 1}/{loop.epochs} ({iteration} iterations, "
+                  f"{wall():.0f} s): " + (f"wall-clock budget of {loop.max_minutes} min reached" if out_of_time
+                                          else f"no validation gain > {loop.min_delta} in {loop.patience} "
+                                          "validations"), flush=True)
+            break
+    _save(ckpt_dir / "final.pt", model=network.state_dict(), epoch=epochs_run - 1)
     if not (ckpt_dir / "best.pt").exists():  # resumed after the last epoch, or validation never ran
-        _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=loop.epochs - 1, metrics={})
-    return best_metrics
+        _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epochs_run - 1, metrics={})
+    return {**best_metrics, "stop_reason": stop_reason, "epochs_run": epochs_run, "iterations_run": iteration}

@@ -241,6 +241,7 @@ def _trainer_class() -> type:
         lr_axis: int = 2
         allow_mirroring: bool = True
         lr_swap_probability: float = 0.0
+        mirror_lr_axis: bool = False  # True only for side-less targets (merged DN class, cerebellum)
 
         @classmethod
         def get_training_transforms(cls, *args: Any, **kwargs: Any) -> Any:  # nnU-Net calls it on the instance
@@ -252,7 +253,9 @@ def _trainer_class() -> type:
         def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # noqa: N802 (nnU-Net's name)
             parent = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
             rotation, dummy_2d, initial_patch, mirror_axes = parent
-            allowed = tuple(a for a in (mirror_axes or ()) if a != self.lr_axis) if self.allow_mirroring else ()
+            axes = tuple(mirror_axes or ())
+            allowed = (axes if self.mirror_lr_axis else tuple(a for a in axes if a != self.lr_axis)
+                       ) if self.allow_mirroring else ()
             self.inference_allowed_mirroring_axes = allowed
             return rotation, dummy_2d, initial_patch, allowed
 
@@ -266,9 +269,12 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
                  classes: Sequence[str], *, patch_size: Sequence[int], batch_size: int, epochs: int,
                  iterations_per_epoch: int, val_iterations: int, arch_kwargs: dict[str, Any],
                  device: torch.device, seed: int = 0, initial_lr: float | None = None,
-                 allow_mirroring: bool = True, lr_swap_probability: float = 0.0,
+                 allow_mirroring: bool = True, lr_swap_probability: float = 0.0, mirror_lr_axis: bool = False,
                  resume: bool = False) -> dict[str, Any]:
     """Run nnU-Net planning, preprocessing and training; returns the ``nnunet`` section of the model card.
+
+    ``mirror_lr_axis``: let nnU-Net's own mirroring flip the left-right axis too (only for side-less labels:
+    the merged DN class or the cerebellum); lateralized labels get ``lr_swap_probability`` instead.
 
     Paths in the returned dict are relative to ``run_dir``. The epoch log (losses, pseudo Dice) is under
     ``"history"``.
@@ -305,6 +311,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         cls.lr_axis = lr_axis_in_nnunet(plans["transpose_forward"])
         cls.allow_mirroring = bool(allow_mirroring)
         cls.lr_swap_probability = float(lr_swap_probability)
+        cls.mirror_lr_axis = bool(mirror_lr_axis)
         plans_for_trainer = copy.deepcopy(plans)
         plans_for_trainer["continue_training"] = bool(resume)
         trainer = cls(plans=plans_for_trainer, configuration=NNUNET_CONFIGURATION, fold=0,

@@ -16,17 +16,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.geometry import BoundingBox, bbox_from_mask, crop, resample_to_spacing
 from ..data.io import DataError, Volume, load_image, load_label
+from ..data.laterality import world_centroid
 from ..data.manifest import Case
+from .crops import crop_box_around, localize
 
 STAGES = ("localization", "segmentation")
 NORMALIZATION_SCHEMES = ("zscore_nonzero", "robust_zscore_nonzero", "none")
 CLASSES = {"localization": ["background", "cerebellum"], "segmentation": ["background", "left_dn", "right_dn"]}
+# Segmentation label schemes: ``lateral`` trains 0/1/2 (left/right DN in world RAS); ``merged`` trains one DN class
+# (0/1) and the sides are assigned afterwards from world x relative to the cerebellar midline (left-right flips then
+# need no label swap). Either way the pipeline's post-processing assigns sides from world x.
+LABEL_SCHEMES = {"lateral": ["background", "left_dn", "right_dn"], "merged": ["background", "dn"]}
+CROP_SOURCES = ("cerebellum", "dn", "localizer")
+
+
+def stage_classes(stage: str, label_scheme: str = "lateral") -> list[str]:
+    """Class names by label value that the network of ``stage`` predicts under ``label_scheme``."""
+    if stage not in STAGES:
+        raise ValueError(f"stage '{stage}' unknown; allowed: {list(STAGES)}")
+    if stage == "localization":
+        return list(CLASSES["localization"])
+    if label_scheme not in LABEL_SCHEMES:
+        raise ValueError(f"stage.label_scheme '{label_scheme}' unknown; allowed: {list(LABEL_SCHEMES)}")
+    return list(LABEL_SCHEMES[label_scheme])
 
 
 def normalize_intensity(array: np.ndarray, scheme: str = "zscore_nonzero",
@@ -70,6 +89,8 @@ class StageSample:
         affine: voxel -> world (mm) of ``image`` and ``label``.
         crop_box: segmentation only: the crop box on the native grid.
         dn_native: localization only: the native DN labels (for bounding-box recall at validation).
+        midline_x_mm: segmentation only: world x (RAS mm) of the cerebellar midline that assigns DN sides at
+            validation, as the pipeline does at inference (centroid of the localizer's or the true cerebellar mask).
     """
 
     case_id: str
@@ -79,6 +100,7 @@ class StageSample:
     raw_image: np.ndarray | None = None
     crop_box: BoundingBox | None = None
     dn_native: Volume | None = None
+    midline_x_mm: float | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -105,8 +127,14 @@ def jitter_box(box: BoundingBox, keep: BoundingBox, shape: Sequence[int], jitter
 
 def segmentation_crop_box(dn: Volume, cerebellum: Volume | None, source: str, margin_mm: float,
                           jitter_mm: float = 0.0, rng: np.random.Generator | None = None,
-                          case_id: str = "") -> BoundingBox:
-    """Crop box (native grid) for the segmentation stage: GT ``source`` mask box + margin (+ jitter)."""
+                          case_id: str = "", min_crop_mm: Sequence[float] | None = None,
+                          localized: np.ndarray | None = None) -> BoundingBox:
+    """Crop box (native grid) for the segmentation stage: ``source`` mask box + margin, grown to ``min_crop_mm``
+    (as inference does), + jitter (training cases; a jittered box never cuts into the DN).
+
+    ``source``: ``cerebellum`` (true mask), ``dn`` (true DN) or ``localizer`` (``localized``: the localization
+    model's mask of this case, i.e. exactly the box inference would cut).
+    """
     if source == "cerebellum":
         if cerebellum is None:
             raise DataError(f"case {case_id}: crop source is 'cerebellum' but the manifest has no cerebellum mask; "
@@ -114,15 +142,21 @@ def segmentation_crop_box(dn: Volume, cerebellum: Volume | None, source: str, ma
         mask = cerebellum.array > 0
     elif source == "dn":
         mask = dn.array > 0
+    elif source == "localizer":
+        if localized is None:
+            raise ValueError("crop source 'localizer' needs the localizer's mask (stage.crop.localizer_run)")
+        mask = localized
     else:
-        raise ValueError(f"crop source '{source}' unknown; allowed: cerebellum, dn")
-    box = bbox_from_mask(mask, dn.affine, margin_mm)
+        raise ValueError(f"crop source '{source}' unknown; allowed: {list(CROP_SOURCES)}")
+    box = crop_box_around(mask, dn.affine, margin_mm, min_crop_mm)
     dn_box = bbox_from_mask(dn.array > 0, dn.affine, 0.0)
-    if box is None or dn_box is None:
-        raise DataError(f"case {case_id}: empty {source if box is None else 'DN'} mask, cannot make a training crop")
-    if jitter_mm > 0 and rng is not None:
-        jitter_vox = np.floor(jitter_mm / np.asarray(dn.spacing)).astype(int)
-        box = jitter_box(box, dn_box, dn.shape, jitter_vox, rng)
+    if box is None:
+        raise DataError(f"case {case_id}: empty {source} mask (the localizer found no cerebellum?), cannot crop")
+    if dn_box is None:
+        raise DataError(f"case {case_id}: empty DN label, cannot make a segmentation sample")
+    if rng is not None:
+        jitter_vox = np.floor(max(jitter_mm, 0.0) / np.asarray(dn.spacing)).astype(int)
+        box = jitter_box(box, dn_box, dn.shape, jitter_vox, rng)  # training: never cut the DN
     return box
 
 
@@ -150,21 +184,47 @@ def prepare_localization_sample(case: Case, spacing_mm: float | Sequence[float],
 
 def prepare_segmentation_sample(case: Case, spacing_mm: float | Sequence[float] | None, normalization: dict,
                                 crop_cfg: dict, label_rater: str = "true",
-                                rng: np.random.Generator | None = None) -> StageSample:
-    """Crop around the GT box (+ margin, + jitter when ``rng`` is given), resample to ``spacing_mm``."""
+                                rng: np.random.Generator | None = None, localizer: Any = None,
+                                min_crop_mm: Sequence[float] | None = None) -> StageSample:
+    """Crop (see :func:`segmentation_crop_box`; jitter when ``rng`` is given), resample to ``spacing_mm``.
+
+    With ``crop_cfg["source"] == "localizer"`` the trained ``localizer`` (a StageModel) is run on the native image
+    through :func:`dentate_research.training.crops.localize`, the function the inference pipeline uses.
+    """
     image = load_image(case.image)
     dn = load_label(case.label(label_rater), image)
     cerebellum = load_label(case.cerebellum, image, allowed=(0, 1)) if case.cerebellum is not None else None
-    box = segmentation_crop_box(dn, cerebellum, crop_cfg.get("source", "cerebellum"),
-                                float(crop_cfg.get("margin_mm", 10.0)), float(crop_cfg.get("jitter_mm", 0.0)),
-                                rng, case.case_id)
+    source = crop_cfg.get("source", "cerebellum")
+    localized, midline, failed = None, None, False
+    if source == "localizer":
+        if localizer is None:
+            raise ValueError("stage.crop.source=localizer needs a trained localizer: set stage.crop.localizer_run "
+                             "to a localization run directory")
+        found = localize(localizer, image)
+        localized, midline = found.mask, found.midline_x_mm
+        if not localized.any():  # inference would fail on this scan: crop around the truth, score it as a miss
+            failed = True
+            fallback = cerebellum.array > 0 if cerebellum is not None else dn.array > 0
+            localized = fallback
+            centre = world_centroid(fallback, image.affine)
+            midline = None if centre is None else float(centre[0])
+            print(f"[train] case {case.case_id}: the localizer found no cerebellum; cropping around the true "
+                  f"{'cerebellum' if cerebellum is not None else 'DN'} (a validation case counts as Dice 0)")
+    elif cerebellum is not None:
+        centre = world_centroid(cerebellum.array > 0, image.affine)
+        midline = None if centre is None else float(centre[0])
+    if midline is None:
+        centre = world_centroid(dn.array > 0, image.affine)
+        midline = None if centre is None else float(centre[0])
+    box = segmentation_crop_box(dn, cerebellum, source, float(crop_cfg.get("margin_mm", 10.0)),
+                                float(crop_cfg.get("jitter_mm", 0.0)), rng, case.case_id, min_crop_mm, localized)
     image_crop, dn_crop = crop(image, box), crop(dn, box)
     spacing = _spacing_or_native(spacing_mm, image)
     image_crop = resample_to_spacing(image_crop, spacing)
     dn_crop = resample_to_spacing(dn_crop, spacing, is_label=True)
     return StageSample(case.case_id, normalize_intensity(image_crop.array, **normalization),
                        dn_crop.array.astype(np.uint8), image_crop.affine, raw_image=image_crop.array,
-                       crop_box=box)
+                       crop_box=box, midline_x_mm=midline, extras={"localizer_failed": failed})
 
 
 def median_spacing(cases: Sequence[Case]) -> tuple[float, float, float]:
@@ -180,8 +240,12 @@ def median_spacing(cases: Sequence[Case]) -> tuple[float, float, float]:
 
 def prepare_samples(cases: Sequence[Case], stage: str, *, spacing_mm: float | Sequence[float] | None,
                     normalization: dict, crop_cfg: dict | None = None, label_rater: str = "true",
-                    training: bool = False, seed: int = 0, desc: str = "") -> list[StageSample]:
-    """Prepare every case for ``stage``; jitter (segmentation) only when ``training``. Seeded per case order."""
+                    training: bool = False, seed: int = 0, desc: str = "", localizer: Any = None,
+                    min_crop_mm: Sequence[float] | None = None) -> list[StageSample]:
+    """Prepare every case for ``stage``; jitter (segmentation) only when ``training``. Seeded per case order.
+
+    ``localizer`` / ``min_crop_mm``: see :func:`prepare_segmentation_sample`.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage '{stage}' unknown; allowed: {list(STAGES)}")
     rng = np.random.default_rng(seed)
@@ -191,5 +255,5 @@ def prepare_samples(cases: Sequence[Case], stage: str, *, spacing_mm: float | Se
             samples.append(prepare_localization_sample(case, spacing_mm, normalization, label_rater))
         else:
             samples.append(prepare_segmentation_sample(case, spacing_mm, normalization, crop_cfg or {}, label_rater,
-                                                       rng if training else None))
+                                                       rng if training else None, localizer, min_crop_mm))
     return samples

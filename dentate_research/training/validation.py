@@ -1,6 +1,9 @@
 """Validation metrics per stage, identical for every architecture.
 
-Segmentation: Dice per side (label 1 = left DN, 2 = right DN) on the stage grid; both-empty = 1.0, one empty = 0.
+Segmentation: the network's labels go through the inference pipeline's post-processing
+(:func:`dentate_research.data.postprocess.postprocess_dn_labels`: sides from world x relative to the sample's
+cerebellar midline, largest component per side), then Dice per side (label 1 = left DN, 2 = right DN) on the
+stage grid; both-empty = 1.0, one empty = 0. This holds for both label schemes (lateral 0/1/2, merged 0/1).
 Localization: Dice of the cerebellum mask, and what matters downstream - the bounding box derived from the
 predicted mask (plus ``margin_mm``) mapped to the native grid: ``bbox_recall`` = fraction of cases whose box
 contains the whole DN, ``dn_voxel_recall`` = mean fraction of DN voxels inside the box, and the crop size.
@@ -14,6 +17,7 @@ import numpy as np
 
 from ..data.geometry import bbox_from_mask, box_extent_mm, map_bbox
 from ..data.laterality import LEFT_DN, RIGHT_DN
+from ..data.postprocess import postprocess_dn_labels
 from .inferer import dice
 from .preprocessing import StageSample
 
@@ -63,11 +67,19 @@ def localization_metrics(predictions: Sequence[np.ndarray], samples: Sequence[St
             "val_crop_voxels": float(np.mean([v["crop_voxels"] for v in vals])), "per_case": per_case}
 
 
+def postprocess_like_inference(labels: np.ndarray, sample: StageSample) -> np.ndarray:
+    """The pipeline's DN post-processing of a crop's network labels (0/1 merged or 0/1/2 lateral)."""
+    cleaned, _ = postprocess_dn_labels(np.asarray(labels, dtype=np.uint8), sample.affine, sample.midline_x_mm)
+    return cleaned
+
+
 def stage_metrics(stage: str, predict: Callable[[StageSample], np.ndarray], samples: Sequence[StageSample],
                   margin_mm: float = 10.0) -> dict[str, object]:
     """Predict every sample with ``predict`` (labels on the sample grid) and compute the stage's metrics."""
     predictions = [predict(s) for s in samples]
     if stage == "segmentation":
+        predictions = [np.zeros_like(s.label) if s.extras.get("localizer_failed") else postprocess_like_inference(p, s)
+                       for p, s in zip(predictions, samples, strict=True)]  # a localizer miss fails at inference
         return segmentation_metrics(predictions, samples)
     return localization_metrics(predictions, samples, margin_mm)
 

@@ -58,6 +58,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", (2, 2, 2, 1, 1, 1, 1, 1, 1), 2.0, 3.0, 2.0, retrace_every=2),
     "small": Preset("small", 5, 1.5, 3.0, 1.0),
+    # 1 mm in-plane, slices up to 2 mm (the sites' own aspect ratios), 10 subjects per site: the CPU study and the
+    # shipped default model (segmentation at native ~1 mm resolution, like the paper's 1 mm crops).
+    "cpu": Preset("cpu", 10, 1.0, 2.0, 1.0),
     "paper": Preset("paper", (40, 40, 36, 36, 36, 36, 36, 34, 34), None, 2.0, 1.0),
 }
 
