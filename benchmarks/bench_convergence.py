@@ -12,7 +12,7 @@ column compares the recipes on identical crops. Recipes are Hydra overrides of `
   localizer's crops, with three-class or one-class labels, without domain randomization;
 - ``merged_dr``: the new recipe (one DN class, localizer crops, domain randomization, converge budget).
 
-    python benchmarks/bench_convergence.py --data /work/data/phantom_cpu --localizer RUN_DIR --work /tmp/conv
+    python benchmarks/bench_convergence.py --data work_data/phantom_cpu --localizer RUN_DIR --work /tmp/conv
     python benchmarks/bench_convergence.py ... --recipes old merged_dr --max-minutes 8
 
 Writes WORK/convergence.csv (one row per validation), WORK/summary.csv and WORK/convergence.png.

@@ -10,8 +10,8 @@ Flags (``<side>`` = ``left`` / ``right``; the text after ``:`` is the measured v
 
 ``<side>_dn_volume_implausible:<V>mm3``
     DN volume per side outside [``min_volume_mm3``, ``max_volume_mm3``] = [250, 2500] mm^3. Sources: healthy
-    adults roughly 700-1200 mm^3 per side, Friedreich ataxia 484-1098 mm^3 (mean ~730) (/work/shared/REFERENCE.md,
-    after Shiraishi et al., Radiol Artif Intell 2025, doi 10.1148/ryai.240478). Margins of about 2x below the
+    adults roughly 700-1200 mm^3 per side, Friedreich ataxia 484-1098 mm^3 (mean ~730) (Shiraishi et al.,
+    Radiol Artif Intell 2025, doi 10.1148/ryai.240478, and the DN volumetry it cites). Margins of about 2x below the
     smallest and 2x above the largest reported value cover rater differences (interrater ICC 0.78), thick-slice
     partial volume and younger or atrophic subjects; a value outside them is a segmentation failure, not anatomy.
 ``dn_volume_ratio_implausible:<R>``
@@ -22,9 +22,9 @@ Flags (``<side>`` = ``left`` / ``right``; the text after ``:`` is the measured v
 ``<side>_dn_lateral_offset_implausible:<D>mm``
     distance in world x between the DN centroid and the cerebellar midline (world x of the localizer mask's
     centroid, the same midline that assigns the sides) outside [``min_lateral_mm``, ``max_lateral_mm``] = [5, 30]
-    mm. Sources: DN centres of mass at x = -13.8 / +13.8 mm in MNI space, large inter-subject variability
-    (REFERENCE.md); phantom truth (``tiny`` preset, seeds 0-3, 48 cases, 96 nuclei, true labels and cerebellum
-    masks) 7.6-19.7 mm, mean 14.2, SD 2.4.
+    mm. Sources: DN centres of mass at x = -13.8 / +13.8 mm in MNI space, large inter-subject variability;
+    phantom truth (``tiny`` preset, seeds 0-3, 48 cases, 96 nuclei, true labels and cerebellum masks)
+    7.6-19.7 mm, mean 14.2, SD 2.4.
 ``<side>_dn_outside_cerebellum_box:<axes>``
     the DN centroid lies outside the world bounding box of the cerebellar mask along the named axes (x, y, z).
 ``<side>_dn_position_implausible:<axis>=<p>,...``
@@ -34,9 +34,10 @@ Flags (``<side>`` = ``left`` / ``right``; the text after ``:`` is the measured v
     Measured with true labels and true cerebellum masks: ``tiny`` phantoms (the same 96 nuclei) y 0.57-0.79
     (mean 0.66, SD 0.035), z 0.44-0.66 (mean 0.55, SD 0.041); the two simpler synthetic families of the tests
     (``tests/synthetic_dn.py``, ``tests/inference_helpers.py``) y 0.51-0.57, z 0.48-0.57. With a localizer's coarse
-    mask (4-6 mm grid) the box moves: correctly found nuclei measured y 0.38-0.86 and z 0.36-0.86 (shipped default
-    model on phantoms and on the independent family, the tests' toy model on toy scans). The ranges are the truth
-    extremes widened by about 0.2 (covering those shifts) and end short of the box edges.
+    mask (4-6 mm grid) the box moves: correctly found nuclei measured y 0.38-0.86 and z 0.36-0.86 (the
+    previously shipped default model on phantoms and on the tests' synthetic family, the tests' toy model on toy
+    scans). The ranges are the truth extremes widened by about 0.2 (covering those shifts) and end short of the
+    box edges.
 ``<side>_dn_low_confidence:mean=<m>,uncertain=<f>``
     the segmenter's confidence inside a side's final DN voxels: mean below ``min_mean_confidence`` = 0.80, or
     more than ``max_uncertain_fraction`` = 0.40 of the voxels below ``uncertain_probability`` = 0.70. The
@@ -46,8 +47,9 @@ Flags (``<side>`` = ``left`` / ``right``; the text after ``:`` is the measured v
     assigned from world x: 3-class networks split a DN's probability between left and right (the shipped default
     model: mean max-class probability 0.57-0.72 on nuclei found with Dice 0.5-0.95, so a max-class threshold of
     0.7 flagged every result) although they are sure it is DN. Measured DN-vs-background means: correct nuclei
-    0.86-0.99 (default model on phantoms and on an independent synthetic family, the tests' toy model on toy
-    scans); misplaced blobs of the default model on the independent family (Dice 0) 0.79-0.84. The check is a
+    0.86-0.99 (the previously shipped default model on phantoms and on the tests' synthetic family
+    ``tests/synthetic_dn.py``, the tests' toy model on toy scans); misplaced blobs of that model on the synthetic
+    family (Dice 0) 0.79-0.84. The check is a
     second line of defence: those blobs also failed the volume and position checks. It runs only for segmenters
     that expose ``predict_with_confidence``; otherwise ``confidence`` is None and ``qc_status`` says so.
 

@@ -495,11 +495,17 @@ class StudyRunner:
         return written
 
     def _write_index(self, written: dict[str, Path]) -> None:
+        """README.md of the study folder: the tables of this run, then any table an earlier run of the same study
+        left in the folder (named as such, with the provenance line of its own file)."""
         lines = [f"# Study `{self.s.name}`", "", _provenance_line(self.provenance), "",
                  "| table | file | seconds |", "|---|---|---|"]
         secs = {t["study"]: t["seconds"] for t in self.timeline}
         for study, path in written.items():
             lines.append(f"| {study} | [{path.name}]({path.name}) | {secs.get(study, '')} |")
+        own = {p.name for p in written.values()}
+        for path in sorted(self.s.out_dir.glob("T[0-9]_*.md")):
+            if path.name not in own:
+                lines.append(f"| (earlier run) | [{path.name}]({path.name}) | see its header |")
         lines += ["", "Per-case tables: `per_case/`; figures: `figures/`; splits: `splits/`; runs and settings: "
                   "`provenance.json`.", ""]
         (self.s.out_dir / "README.md").write_text("\n".join(lines))
