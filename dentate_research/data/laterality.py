@@ -51,6 +51,12 @@ def world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
     return affine[:3, :3] @ centre_vox + affine[:3, 3]
 
 
+def midline_x(mask: np.ndarray, affine: np.ndarray) -> float | None:
+    """World x (RAS mm) of a mask's centroid, the midline that assigns DN sides; None for an empty mask."""
+    centre = world_centroid(mask, affine)
+    return None if centre is None else float(centre[0])
+
+
 def check_sides(labels: np.ndarray, affine: np.ndarray) -> dict[str, object]:
     """Report where each side lies in world x (mm) and whether left is really left of right.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .geometry import largest_component
-from .laterality import LEFT_DN, RIGHT_DN, SIDE_NAMES, check_sides, enforce_world_sides
+from .laterality import LEFT_DN, RIGHT_DN, SIDE_NAMES, check_sides, enforce_world_sides, midline_x
 
 
 @dataclass
@@ -99,10 +99,8 @@ def postprocess_dn_labels(labels: np.ndarray, affine: np.ndarray, midline_x_mm: 
     if side_assignment not in ("world", "model"):
         raise ValueError(f"side_assignment '{side_assignment}' unknown; allowed: world, model")
     agreement = None
-    if merged and midline_x_mm is None and np.any(labels > 0):
-        from .laterality import world_centroid
-
-        midline_x_mm = float(world_centroid(labels > 0, affine)[0])  # type: ignore[index]
+    if merged and midline_x_mm is None:
+        midline_x_mm = midline_x(labels > 0, affine)
     mode = "world" if (side_assignment == "world" or merged) and midline_x_mm is not None else "model"
     if mode == "world":
         labels, agreement = assign_sides_by_world(labels, affine, float(midline_x_mm))  # type: ignore[arg-type]

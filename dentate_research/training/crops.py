@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.geometry import BoundingBox, bbox_from_mask, labels_to_grid, largest_component
 from ..data.io import Volume
-from ..data.laterality import world_centroid
+from ..data.laterality import midline_x
 
 
 @dataclass
@@ -57,8 +57,7 @@ def localize(localizer: Any, volume: Volume) -> Localization:
                                f"{volume.shape} (StageModel.predict contract)")
         mask = largest_component(raw > 0)
         dropped = int((raw > 0).sum() - mask.sum())
-    centre = world_centroid(mask, volume.affine)
-    return Localization(mask, dropped, None if centre is None else float(centre[0]))
+    return Localization(mask, dropped, midline_x(mask, volume.affine))
 
 
 def min_crop_from_patch(patch_size: Sequence[int] | None, spacing_mm: Sequence[float] | float | None

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data.geometry import BoundingBox, bbox_from_mask, crop, resample_to_spacing
 from ..data.io import DataError, Volume, load_image, load_label
-from ..data.laterality import world_centroid
+from ..data.laterality import midline_x
 from ..data.manifest import Case
 from .crops import crop_box_around, localize
 
@@ -204,18 +204,14 @@ def prepare_segmentation_sample(case: Case, spacing_mm: float | Sequence[float] 
         localized, midline = found.mask, found.midline_x_mm
         if not localized.any():  # inference would fail on this scan: crop around the truth, score it as a miss
             failed = True
-            fallback = cerebellum.array > 0 if cerebellum is not None else dn.array > 0
-            localized = fallback
-            centre = world_centroid(fallback, image.affine)
-            midline = None if centre is None else float(centre[0])
+            localized = cerebellum.array > 0 if cerebellum is not None else dn.array > 0
+            midline = midline_x(localized, image.affine)
             print(f"[train] case {case.case_id}: the localizer found no cerebellum; cropping around the true "
                   f"{'cerebellum' if cerebellum is not None else 'DN'} (a validation case counts as Dice 0)")
     elif cerebellum is not None:
-        centre = world_centroid(cerebellum.array > 0, image.affine)
-        midline = None if centre is None else float(centre[0])
+        midline = midline_x(cerebellum.array > 0, image.affine)
     if midline is None:
-        centre = world_centroid(dn.array > 0, image.affine)
-        midline = None if centre is None else float(centre[0])
+        midline = midline_x(dn.array > 0, image.affine)
     box = segmentation_crop_box(dn, cerebellum, source, float(crop_cfg.get("margin_mm", 10.0)),
                                 float(crop_cfg.get("jitter_mm", 0.0)), rng, case.case_id, min_crop_mm, localized)
     image_crop, dn_crop = crop(image, box), crop(dn, box)
