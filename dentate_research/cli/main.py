@@ -14,6 +14,8 @@ import sys
 # verb -> (module, one-line help, uses Hydra)
 VERBS: dict[str, tuple[str, str, bool]] = {
     "make-data": ("dentate_research.cli.make_data", "generate the synthetic multi-site QSM phantom data set", False),
+    "make-manifest": ("dentate_research.cli.make_manifest",
+                      "build the case manifest from a BIDS dataset, derivatives or a plain folder of QSM maps", False),
     "make-splits": ("dentate_research.cli.make_splits",
                     "write subject-level train/val folds, test, external and leave-one-site-out splits", False),
     "export-nnunet": ("dentate_research.cli.export_nnunet",

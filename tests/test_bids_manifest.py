@@ -1,0 +1,139 @@
+"""make-manifest: BIDS datasets (sessions, participants.tsv, foreign tracing values, ppb maps) -> case manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dentate_research.cli.main import main
+from dentate_research.data.bids import build_manifest, parse_entities
+from dentate_research.data.io import DataError, load_label, save_nifti
+from dentate_research.data.laterality import check_sides
+from dentate_research.data.manifest import read_manifest
+from tests.synthetic_dn import make_scan
+
+FOREIGN = {1: 3, 2: 4}  # our value -> the value the (simulated) ITK-SNAP tracing uses
+
+
+def _scan(seed: int):
+    image, labels, _, affine = make_scan(seed, spacing=(3.0, 3.0, 3.0))
+    return image, labels, affine
+
+
+def make_bids(root: Path, *, ppb_subjects: tuple[str, ...] = (), extra_map: bool = False,
+              orphan_label: bool = False, site_column: bool = True, bad_value: bool = False) -> Path:
+    """sub-01 (ses-1, ses-2), sub-02 (ses-1) under root/, tracings in root/derivatives/manual with values 3/4."""
+    rows = []
+    seed = 0
+    for sub, sessions, site, age in (("01", ("1", "2"), "clinicA", "34"), ("02", ("1",), "clinicB", "12")):
+        rows.append({"participant_id": f"sub-{sub}", "age": age, "sex": "F", "group": "healthy",
+                     **({"site": site} if site_column else {})})
+        for ses in sessions:
+            seed += 1
+            image, labels, affine = _scan(seed)
+            if sub in ppb_subjects:
+                image = image * 1000.0
+            anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+            save_nifti(image, affine, anat / f"sub-{sub}_ses-{ses}_Chimap.nii.gz")
+            (anat / f"sub-{sub}_ses-{ses}_Chimap.json").write_text(json.dumps({"MagneticFieldStrength": 3}))
+            if extra_map:
+                save_nifti(image, affine, anat / f"sub-{sub}_ses-{ses}_rec-iLSQR_Chimap.nii.gz")
+            foreign = np.zeros_like(labels)
+            for ours, theirs in FOREIGN.items():
+                foreign[labels == ours] = theirs
+            if bad_value:
+                foreign[0, 0, 0] = 5
+            tracing = root / "derivatives" / "manual" / f"sub-{sub}" / f"ses-{ses}"
+            save_nifti(foreign, affine, tracing / f"sub-{sub}_ses-{ses}_desc-dentate_dseg.nii.gz", is_label=True)
+    if orphan_label:
+        image, labels, affine = _scan(99)
+        save_nifti(labels, affine, root / "derivatives" / "manual" / "sub-03" / "ses-1"
+                   / "sub-03_ses-1_desc-dentate_dseg.nii.gz", is_label=True)
+    pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
+    return root
+
+
+LABELS = "derivatives/manual/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}_desc-dentate_dseg.nii.gz"
+
+
+def test_bids_to_manifest_with_sessions_participants_and_remapped_tracings(tmp_path):
+    root = make_bids(tmp_path / "bids")
+    out = build_manifest(root, tmp_path / "m" / "manifest.tsv", labels=LABELS, label_map="3:1,4:2")
+    cases = read_manifest(out)
+    assert [c.case_id for c in cases] == ["sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-1"]
+    assert [c.subject for c in cases] == ["sub-01", "sub-01", "sub-02"]
+    assert [c.site for c in cases] == ["clinicA", "clinicA", "clinicB"]
+    assert cases[2].meta["age"] == "12" and cases[0].meta["units"] == "ppm"
+    assert cases[0].meta["field_strength"] == "3" and cases[0].meta["voxel_size"] == "3,3,3"
+    for c in cases:
+        labels = load_label(c.label("manual"))  # only 0/1/2 pass load_label
+        sides = check_sides(labels.array, labels.affine)
+        assert sides["sides_consistent"] is True and sides["left_x_mm"] < 0 < sides["right_x_mm"]
+
+
+def test_cli_writes_manifest_and_refuses_to_overwrite(tmp_path, capsys):
+    root = make_bids(tmp_path / "bids")
+    out = tmp_path / "manifest.tsv"
+    args = ["make-manifest", str(root), "-o", str(out), "--labels", LABELS, "--label-map", "3:1,4:2"]
+    assert main(args) == 0
+    assert "3 scans, 2 subjects" in capsys.readouterr().out
+    before = out.read_bytes()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_ppb_maps_are_refused_without_units_and_recorded_with_them(tmp_path):
+    root = make_bids(tmp_path / "bids", ppb_subjects=("02",))
+    with pytest.raises(DataError, match=r"sub-02_ses-1_Chimap.nii.gz: values implausible for ppm.*ppb"):
+        build_manifest(root, tmp_path / "a.tsv")
+    # all maps in ppb: --units ppb records it (evaluation converts to ppm through the units column)
+    out = build_manifest(make_bids(tmp_path / "all_ppb", ppb_subjects=("01", "02")), tmp_path / "c.tsv",
+                         units="ppb")
+    assert {c.meta["units"] for c in read_manifest(out)} == {"ppb"}
+
+
+def test_mapping_that_swaps_world_sides_is_refused(tmp_path):
+    root = make_bids(tmp_path / "bids")
+    with pytest.raises(DataError, match="contradicts world left/right"):
+        build_manifest(root, tmp_path / "m.tsv", labels=LABELS, label_map="3:2,4:1")
+
+
+@pytest.mark.parametrize("problem, kwargs, message", [
+    ("unknown label value", {"bad_value": True}, r"label value\(s\) \[5\] not mapped"),
+    ("two maps for one scan", {"extra_map": True}, r"scan sub-01_ses-1: 2 maps found"),
+    ("label file without its image", {"orphan_label": True}, r"1 tracing\(s\) have no image: .*sub-03"),
+    ("participants.tsv without the site column", {"site_column": False}, r"has no column 'site'.*--site-entity"),
+])
+def test_malformed_inputs_give_clear_errors(tmp_path, problem, kwargs, message):
+    root = make_bids(tmp_path / "bids", **kwargs)
+    with pytest.raises(DataError, match=message):
+        build_manifest(root, tmp_path / "m.tsv", labels=LABELS, label_map="3:1,4:2")
+    assert not (tmp_path / "m.tsv").exists(), problem
+
+
+def test_foreign_values_without_label_map_are_refused(tmp_path):
+    root = make_bids(tmp_path / "bids")
+    with pytest.raises(DataError, match=r"\[3, 4\] not mapped.*--label-map"):
+        build_manifest(root, tmp_path / "m.tsv", labels=LABELS)
+
+
+def test_plain_folder_with_pattern_and_one_site(tmp_path):
+    for i, name in enumerate(("patientA", "patientB")):
+        image, _, affine = _scan(i)
+        save_nifti(image, affine, tmp_path / "scans" / name / "qsm.nii.gz")
+    out = build_manifest(tmp_path / "scans", tmp_path / "m.tsv", pattern="*/qsm.nii.gz", site="clinicC")
+    cases = read_manifest(out)
+    assert [(c.case_id, c.subject, c.site) for c in cases] == [("patientA", "patientA", "clinicC"),
+                                                                ("patientB", "patientB", "clinicC")]
+
+
+def test_parse_entities():
+    assert parse_entities(Path("sub-01_ses-2_acq-fast_run-1_Chimap.nii.gz")) == {
+        "sub": "01", "ses": "2", "acq": "fast", "run": "1"}
