@@ -9,8 +9,15 @@ Sub-commands::
     evaluate reliability --manifest M --out OUT
 
 Predictions are looked up as ``P/<case_id>_seg.nii.gz`` or ``P/<case_id>/<case_id>_seg.nii.gz`` (DentateSeg
-layout). A missing prediction is an error naming the case and the paths looked for, unless
-``--allow-missing`` (then the case is counted as missing in the report, never silently dropped).
+layout), and in ``segment``'s own layout ``P/X/X_seg.nii.gz`` for an image file ``X.nii.gz`` whose name is not
+the case ID (by the image file name, or by the input path recorded in ``P/X/X_metadata.json``). A missing
+prediction is an error naming the case and the paths looked for, unless ``--allow-missing`` (then the case is
+counted as missing in the report, never silently dropped).
+
+Outputs are never replaced without ``--overwrite``: an ``--out`` folder that already holds a file the
+sub-command writes (per_case.csv, comparison.csv, ...) is refused before any work (exit 2). ``compare`` reports
+the cases each paired comparison drops for a missing value (count and IDs on stderr, in comparison.md and in
+comparison_exclusions.csv).
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ def _add_selection(p: argparse.ArgumentParser, default_part: str) -> None:
     p.add_argument("--sites", nargs="+", help="restrict to these sites")
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run in --out (default: refuse, exit 2)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
@@ -45,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--out", required=True, type=Path, help="output folder")
     m.add_argument("--allow-missing", action="store_true", help="count missing predictions instead of failing")
     m.add_argument("--no-plots", action="store_true", help="skip PNG figures")
+    _add_overwrite(m)
     _add_selection(m, "test")
 
     t = sub.add_parser("template", help="build the baselines' template from labelled TRAINING cases")
@@ -56,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--transform", default="affine", choices=("rigid", "affine"))
     t.add_argument("--registration-spacing", type=float, default=2.0,
                    help="images are resampled to this spacing (mm) for registration (default 2.0)")
+    _add_overwrite(t)
     _add_selection(t, "train")
 
     b = sub.add_parser("baseline", help="run a classical baseline on cases, write its segmentations, evaluate")
@@ -71,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--registration-spacing", type=float, default=2.0,
                    help="images are resampled to this spacing (mm) for registration (default 2.0)")
     b.add_argument("--no-plots", action="store_true")
+    _add_overwrite(b)
     _add_selection(b, "test")
 
     c = sub.add_parser("compare", help="paired comparison of methods from per-case tables")
@@ -79,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--metrics", nargs="+", default=["dice", "hd95_mm"],
                    help="metrics to compare (default dice hd95_mm)")
     c.add_argument("--methods", nargs="+", help="methods to compare and their order (default: order in the tables)")
+    _add_overwrite(c)
 
     r = sub.add_parser("reliability", help="intra/interrater ICC of DN volume and Dice between raters")
     r.add_argument("--manifest", required=True, type=Path)
@@ -86,7 +102,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--pairs", nargs="+", default=["intrarater:rater1:rater1_retrace", "interrater:rater1:rater2"],
                    metavar="STUDY:RATER_A:RATER_B", help="rater pairs (default intra rater1/rater1_retrace, "
                    "inter rater1/rater2)")
+    _add_overwrite(r)
     _add_selection(r, "test")
+
+
+RELIABILITY_FILES = ("reliability.csv", "reliability_per_case.csv", "reliability.md", "reliability.json")
+TEMPLATE_FILES = ("template.json", "template_image.nii.gz", "dn_left_probability.nii.gz",
+                  "dn_right_probability.nii.gz", "cerebellum_probability.nii.gz")
+
+
+def _outputs_of(command: str) -> tuple[str, ...]:
+    from dentate_research.evaluation.report import COMPARISON_FILES, REPORT_FILES
+
+    return {"metrics": REPORT_FILES, "baseline": (*REPORT_FILES, "baseline_diagnostics.csv", "segmentations"),
+            "compare": COMPARISON_FILES, "reliability": RELIABILITY_FILES, "template": TEMPLATE_FILES}[command]
+
+
+def check_out_free(out: Path, command: str, overwrite: bool) -> None:
+    """Refuse (before any work) an --out that is a file, or that holds an output of this sub-command, unless
+    ``overwrite``."""
+    from dentate_research.data.io import DataError
+
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a folder")
+    if overwrite or not out.is_dir():
+        return
+    existing = [name for name in _outputs_of(command) if (out / name).exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{out / existing[0]}: exists{more} from an earlier 'evaluate {command}'; pass "
+                              "--overwrite to replace it, or choose another --out")
 
 
 def _select_cases(args: argparse.Namespace):  # -> list[Case]
@@ -172,6 +217,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dentate_research.baselines import BASELINES, Template, check_no_overlap
+    from dentate_research.data.atomic import write_csv_atomic
     from dentate_research.data.io import load_image, save_like
     from dentate_research.evaluation.metrics import evaluate_cases
     from dentate_research.evaluation.report import write_report
@@ -195,7 +241,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         diagnostics.append({"case": case.case_id, **{k: ";".join(v) if isinstance(v, list) else v
                                                      for k, v in diag.items() if k != "params"}})
     diag_table = pd.DataFrame(diagnostics)
-    diag_table.to_csv(args.out / "baseline_diagnostics.csv", index=False)
+    write_csv_atomic(diag_table, args.out / "baseline_diagnostics.csv")
     table = evaluate_cases(cases, predictions, method=method, reference=args.reference,
                            fold=args.fold if args.splits else None)
     table = attach_diagnostics(table, diag_table)
@@ -255,11 +301,17 @@ def _run_compare(args: argparse.Namespace) -> int:
         print(f"note: tables use several reference raters {list(refs)}; pairs are matched within a reference",
               file=sys.stderr)
     paths = write_comparison(table, args.out, metrics=args.metrics, methods=args.methods)
+    excluded = pd.read_csv(paths["comparison_exclusions"], dtype={"dropped_cases": str}, keep_default_na=False)
+    dropped = sorted({c for cell in excluded.get("dropped_cases", []) for c in str(cell).split(";") if c})
+    if dropped:
+        print(f"note: {len(dropped)} case(s) dropped from paired comparisons for a missing value: "
+              f"{', '.join(dropped)} (per comparison: {paths['comparison_exclusions']})", file=sys.stderr)
     print(paths["comparison_md"].read_text())
     return 0
 
 
 def _run_reliability(args: argparse.Namespace) -> int:
+    from dentate_research.data.atomic import write_csv_atomic, write_text_atomic
     from dentate_research.evaluation.reliability import rater_reliability, reliability_markdown
 
     pairs = []
@@ -279,12 +331,12 @@ def _run_reliability(args: argparse.Namespace) -> int:
 
         raise DataError(f"{args.manifest}: no case has labels of both raters for any pair {args.pairs}")
     args.out.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(args.out / "reliability.csv", index=False)
-    per_case.to_csv(args.out / "reliability_per_case.csv", index=False)
+    write_csv_atomic(summary, args.out / "reliability.csv")
+    write_csv_atomic(per_case, args.out / "reliability_per_case.csv")
     text = "# Rater reliability (DN volume)\n\n" + reliability_markdown(summary)
-    (args.out / "reliability.md").write_text(text)
+    write_text_atomic(args.out / "reliability.md", text)
     primary = summary[(summary["form"] == "ICC2") & (summary["side"] == "mean_of_sides")]
-    (args.out / "reliability.json").write_text(json.dumps(
+    write_text_atomic(args.out / "reliability.json", json.dumps(
         {row["study"]: {"ICC(2,1)_mean_of_sides": row["icc"], "dice_mean": row["dice_mean"],
                         "n_cases": int(row["n_cases"])} for _, row in primary.iterrows()}, indent=2))
     print(text)
@@ -297,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
     handlers = {"metrics": _run_metrics, "template": _run_template, "baseline": _run_baseline,
                 "compare": _run_compare, "reliability": _run_reliability}
     try:
+        check_out_free(args.out, args.command, args.overwrite)
         return handlers[args.command](args)
     except (DataError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -60,10 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown verb '{verb}'; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
     module_name, help_text, hydra = VERBS[verb]
-    module = importlib.import_module(module_name)
-    if hydra:
-        return int(module.run_hydra(rest) or 0)
-    parser = argparse.ArgumentParser(prog=f"python -m dentate_research {verb}", description=help_text)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        module = importlib.import_module(module_name)
+        if hydra:
+            return int(module.run_hydra(rest) or 0)
+        parser = argparse.ArgumentParser(prog=f"python -m dentate_research {verb}", description=help_text)
+        module.add_arguments(parser)
+        args = parser.parse_args(rest)
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C outside a verb's own handling: one line, no traceback, exit 130
+        print(f"interrupted ({verb})", file=sys.stderr)
+        return 130

@@ -6,21 +6,38 @@ Examples::
     python -m dentate_research segment -i scans/ -o out/ --model my_model/    # every .nii/.nii.gz in scans/
     python -m dentate_research segment -i a.nii.gz -i b.nii -o out/ --localizer runs/loc --segmenter runs/seg
 
-Exit codes (the worst input decides; see the epilog): 0 ok, 2 bad input/usage/existing outputs, 3 at least one
-input failed (no X_seg written), 4 segmentations written but at least one is flagged for review (pipeline flags
-or the plausibility QC of :mod:`dentate_research.inference.qc`).
+Exit codes (the worst input decides; see the epilog): 0 ok, 2 bad input/usage/existing outputs/unusable output
+location, 3 at least one input failed (no X_seg written), 4 segmentations written but at least one is flagged for
+review (pipeline flags or the plausibility QC of :mod:`dentate_research.inference.qc`), 130 interrupted by Ctrl-C
+(SIGINT), 143 terminated (SIGTERM).
+
+Robustness (see :mod:`dentate_research.inference.outputs`): every file is written atomically; options and the
+output location are checked before any work; an error in one input becomes that input's ``failed`` record and
+the batch goes on; Ctrl-C/SIGTERM remove the outputs of the case being written, bring ``volumes.csv`` up to date
+and exit without a traceback; ``--resume`` skips complete cases and redoes partial ones; several processes may
+write into one output folder (``volumes.csv`` is updated under a file lock). The model used (folder, source and
+card name) is printed at start and recorded in every ``X_metadata.json`` (``models``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
+import os
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dentate_research.data.io import NIFTI_SUFFIXES, DataError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FLAGGED = 0, 2, 3, 4
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
 _SEVERITY = {EXIT_OK: 0, EXIT_FLAGGED: 1, EXIT_FAILED: 2, EXIT_BAD_INPUT: 3}
+_STATUS_CODE = {"ok": EXIT_OK, "flagged": EXIT_FLAGGED, "failed": EXIT_FAILED}
 
 EPILOG = """\
 outputs per input X.nii.gz (DentateSeg layout):
@@ -31,17 +48,20 @@ outputs per input X.nii.gz (DentateSeg layout):
                                   "qc": the plausibility measurements behind the QC flags and their thresholds
   OUT/X/X_overlay.png             axial/coronal/sagittal views through the DN
   OUT/volumes.csv                 one row per input: volume (mm^3) and mean susceptibility (ppm) per side,
-                                  status, qc_status, flags, volume ratio, segmenter confidence per side
+                                  status, qc_status, flags, volume ratio, segmenter confidence per side,
+                                  NaN/Inf voxels inside the DN per side
 
 failure policy (never a silent empty mask):
   exit 0  every input segmented, no flags
   exit 2  bad input or usage: missing file, not NIfTI, not 3D, no model, outputs exist without --overwrite
-          (checked before any work), CUDA requested but unavailable
+          or --resume, output path is a file, output folder not writable, volumes.csv read-only or not a
+          volumes table, an option out of range (all checked before any work), CUDA requested but unavailable
   exit 3  an input FAILED: the localizer found no cerebellum, or no DN was found in the crop; no X_seg is
           written, X_metadata.json has "status": "failed" and "failure_reason", volumes.csv a 'failed' row
   exit 4  segmentations written but FLAGGED for review ("status": "flagged", "flags" in X_metadata.json and
           volumes.csv): left_dn_empty / right_dn_empty, cerebellum_touches_fov:<faces>,
-          dn_touches_crop_border:<faces>, dn_same_hemisphere, and the plausibility QC
+          dn_touches_crop_border:<faces>, dn_same_hemisphere, nonfinite_voxels_in_dn:<n> (NaN/Inf voxels inside
+          the DN: excluded from the mean susceptibility, counted in <side>_nonfinite_voxels), and the plausibility QC
           (dentate_research.inference.qc, default thresholds; <side> = left/right):
             <side>_dn_volume_implausible:<V>mm3        DN volume outside 250-2500 mm^3
             dn_volume_ratio_implausible:<R>            larger/smaller DN volume above 2.0
@@ -55,11 +75,27 @@ failure policy (never a silent empty mask):
           qc_status in volumes.csv: pass, pass_without_confidence (the model gives no probabilities), flagged,
           failed.
   A left/right swap corrected in world RAS coordinates is reported as "sides_swapped": true (a warning).
-  In batch mode every input is attempted; the exit code is the worst one (2 > 3 > 4 > 0).
+  In batch mode every input is attempted; an unexpected error in one input is recorded as that input's
+  failure ("status": "failed", "failure_reason": "error:<type>") and the batch goes on; the exit code is the
+  worst one (2 > 3 > 4 > 0).
+  exit 130 / 143  interrupted by Ctrl-C (SIGINT) / terminated (SIGTERM): the outputs of the case being written
+          are removed, volumes.csv is brought up to date, one line is printed; --resume finishes the batch.
+
+guarantees:
+  atomic outputs  every file is written under a temporary name in its folder and renamed (no partial file
+                  under a final name, even after SIGKILL); X_metadata.json is written last and lists the case's
+                  files and its volumes.csv row
+  concurrency     several segment processes may write into one output folder: volumes.csv is rewritten under a
+                  file lock (OUT/.volumes.csv.lock), atomically, and rebuilt from the per-case records
+  --resume        a case is complete when its X_metadata.json says ok/flagged/failed and every file it lists
+                  exists: complete cases are skipped (and kept in volumes.csv), partial ones (e.g. X_seg without
+                  metadata, leftover .tmp-* files) are deleted and redone
 
 default model: without --model/--localizer/--segmenter the default two-step model is used
-(dentate_research.inference.default_model); if none is installed the error says how to create one
-('python -m dentate_research demo' trains it in minutes on CPU).
+(dentate_research.inference.default_model: $DENTATE_RESEARCH_MODEL, else the user cache, else the model shipped
+with the package); if none is installed the error says how to create one ('python -m dentate_research demo'
+trains it in minutes on CPU). The start line names the model folder, its source and card name, and says when a
+model in the user cache shadows the shipped one.
 """
 
 
@@ -80,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="crop margin around the localized cerebellum in mm (default: from the model card, "
                              "else 10)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of these inputs")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish an interrupted batch: skip complete cases, delete and redo partial ones")
     parser.add_argument("--no-overlay", action="store_true", help="do not write the X_overlay.png quick look")
 
 
@@ -101,8 +139,54 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _model_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
-    from dentate_research.inference.default_model import default_model_dir
+@dataclass
+class ModelChoice:
+    """Which two-step model ``segment`` uses and where it comes from (printed at start, stored in metadata)."""
+
+    localizer: Path
+    segmenter: Path
+    model_dir: Path | None
+    source: str
+    card_name: str
+    shadows: Path | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {"model_dir": None if self.model_dir is None else str(self.model_dir.resolve()), "source": self.source,
+                "card_name": self.card_name, "shadows": None if self.shadows is None else str(self.shadows)}
+
+    def start_line(self) -> str:
+        where = f"{self.model_dir}" if self.model_dir is not None else "run folders"
+        line = f"model: {self.source} {where} (card '{self.card_name}')"
+        if self.shadows is not None:
+            line += f", shadowing the shipped model {self.shadows} (pass --model to choose)"
+        return f"{line}; localizer {self.localizer}, segmenter {self.segmenter}"
+
+
+def _card_name(model_dir: Path | None, localizer: Path, segmenter: Path) -> str:
+    """The first heading of MODEL_CARD.md in the model folder, else a summary of the two model.json cards."""
+    if model_dir is not None and (model_dir / "MODEL_CARD.md").is_file():
+        for line in (model_dir / "MODEL_CARD.md").read_text(errors="replace").splitlines():
+            if line.startswith("#"):
+                return line.lstrip("#").strip()
+    parts = []
+    for role, run_dir in (("localizer", localizer), ("segmenter", segmenter)):
+        try:
+            card = json.loads((run_dir / "model.json").read_text())
+            spacing = card.get("target_spacing_mm") or ["?"]
+            parts.append(f"{card.get('arch', '?')} {role} {spacing[0]} mm")
+        except (OSError, ValueError, AttributeError):
+            parts.append(f"{role} (unreadable model.json)")
+    return " + ".join(parts)
+
+
+def _select_model(args: argparse.Namespace) -> ModelChoice:
+    from dentate_research.inference.default_model import (
+        MODEL_ENV,
+        default_model_dir,
+        is_model_dir,
+        packaged_model_dir,
+        user_model_dir,
+    )
     from dentate_research.inference.pipeline import resolve_model_dir
 
     if args.localizer or args.segmenter:
@@ -110,8 +194,33 @@ def _model_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
             raise DataError("give either --model or --localizer/--segmenter, not both")
         if not (args.localizer and args.segmenter):
             raise DataError("--localizer and --segmenter must be given together")
-        return args.localizer, args.segmenter
-    return resolve_model_dir(args.model if args.model else default_model_dir())
+        return ModelChoice(args.localizer, args.segmenter, None, "--localizer/--segmenter",
+                           _card_name(None, args.localizer, args.segmenter))
+    shadows = None
+    if args.model:
+        model_dir, source = Path(args.model), "--model"
+    else:
+        model_dir = default_model_dir()
+        if os.environ.get(MODEL_ENV):
+            source = f"${MODEL_ENV}"
+        elif model_dir.resolve() == user_model_dir().resolve():
+            source = "user cache"
+            shipped = packaged_model_dir()
+            shadows = shipped if is_model_dir(shipped) else None
+        else:
+            source = "shipped asset"
+    localizer, segmenter = resolve_model_dir(model_dir)
+    return ModelChoice(localizer, segmenter, model_dir, source, _card_name(model_dir, localizer, segmenter), shadows)
+
+
+def _option_errors(args: argparse.Namespace) -> str | None:
+    """One line for the first numeric/combined option out of range, else None (checked before any work)."""
+    margin = args.margin_mm
+    if margin is not None and (not math.isfinite(margin) or margin < 0):
+        return f"--margin-mm {margin:g}: out of range; allowed: a finite number of mm >= 0"
+    if args.resume and args.overwrite:
+        return "--resume and --overwrite exclude each other: --resume keeps complete cases, --overwrite redoes all"
+    return None
 
 
 def _worst(codes: list[int]) -> int:
@@ -122,57 +231,160 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised by the SIGINT/SIGTERM handler of ``segment`` (a KeyboardInterrupt, so every cleanup path runs)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _set_handlers(handler: Any) -> dict[int, Any]:
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: keep the defaults
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _remove_if_created_empty(out: Path, created: bool) -> None:
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
+
+
 def run(args: argparse.Namespace) -> int:
-    from dentate_research.inference.outputs import check_outputs_free
+    from dentate_research.inference.outputs import check_output_location, check_outputs_free
 
     def error(message: str) -> None:
         print(f"error: {message}", file=sys.stderr)
 
+    problem = _option_errors(args)
+    if problem:
+        error(problem)
+        return EXIT_BAD_INPUT
+    out: Path = args.output
+    created = not out.exists()
     try:
         inputs = collect_inputs(list(args.input))
-        check_outputs_free(args.output, inputs, overwrite=args.overwrite)
-        localizer_dir, segmenter_dir = _model_dirs(args)
+        check_output_location(out)
+        states = check_outputs_free(out, inputs, overwrite=args.overwrite, resume=args.resume)
+        model = _select_model(args)
         if args.device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
                 raise DataError("--device cuda requested but CUDA is not available in this torch build; use "
                                 "--device cpu")
+        print(model.start_line(), file=sys.stderr, flush=True)
         from dentate_research.inference.pipeline import DentatePredictor
 
-        predictor = DentatePredictor(localizer_dir, segmenter_dir, device=args.device, margin_mm=args.margin_mm)
+        predictor = DentatePredictor(model.localizer, model.segmenter, device=args.device, margin_mm=args.margin_mm)
+        predictor.model_info = model.info()
     except (DataError, FileExistsError) as exc:
         error(str(exc))
+        _remove_if_created_empty(out, created)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted before any input was processed; nothing was written", file=sys.stderr)
+        _remove_if_created_empty(out, created)
+        return EXIT_SIGINT
+    previous = _set_handlers(_raise_interrupted)
+    try:
+        return _run_batch(args, inputs, states, predictor)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
+
+def _record_error(path: Path, reason: str, message: str, out: Path, predictor: Any) -> None:
+    """Write the failed record of one input; a failure to do so is reported, never fatal to the batch."""
     from tqdm import tqdm
 
+    from dentate_research.inference.outputs import write_error_outputs
+
+    try:
+        write_error_outputs(path, reason, message, out, predictor)
+    except Exception as exc:  # the batch must go on
+        tqdm.write(f"  error: could not record the failure of {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, str], predictor: Any) -> int:
+    from tqdm import tqdm
+
+    from dentate_research.inference.outputs import case_name, load_case_record, rebuild_volumes_table
     from dentate_research.inference.pipeline import SegmentationError
 
+    out: Path = args.output
     codes: list[int] = []
-    for path in tqdm(inputs, desc="segment", unit="scan", disable=len(inputs) < 2, file=sys.stderr):
+    n_skipped = 0
+    current: Path | None = None
+    try:
+        for path in tqdm(inputs, desc="segment", unit="scan", disable=len(inputs) < 2, file=sys.stderr):
+            current = path
+            name = case_name(path)
+            state = states.get(name, "absent")
+            if args.resume and state == "complete":
+                status = str((load_case_record(out, name) or {}).get("status"))
+                tqdm.write(f"SKIP    {path}: already complete ({status})", file=sys.stderr)
+                codes.append(_STATUS_CODE.get(status, EXIT_FAILED))
+                n_skipped += 1
+                continue
+            try:
+                written = predictor.predict_file(path, out, overwrite=args.overwrite or state == "partial",
+                                                 overlay=not args.no_overlay)
+            except FileExistsError as exc:  # another process wrote this case meanwhile: never replace its work
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+                codes.append(EXIT_BAD_INPUT)
+                continue
+            except DataError as exc:
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+                _record_error(path, "bad_input", str(exc), out, predictor)
+                codes.append(EXIT_BAD_INPUT)
+                continue
+            except SegmentationError as failure:
+                tqdm.write(f"FAILED {path}: [{failure.reason}] {failure}", file=sys.stderr)
+                codes.append(EXIT_FAILED)
+                continue
+            except Exception as exc:  # one input's error must not end the batch
+                reason = f"error:{type(exc).__name__}"
+                tqdm.write(f"FAILED {path}: [{reason}] {exc}", file=sys.stderr)
+                _record_error(path, reason, f"{type(exc).__name__}: {exc}", out, predictor)
+                codes.append(EXIT_FAILED)
+                continue
+            stats = written.metadata["statistics"]
+            sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
+                              f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm"
+                              for side in ("left", "right"))
+            tqdm.write(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})", file=sys.stdout)
+            for flag in written.flags:
+                tqdm.write(f"  FLAG {flag}", file=sys.stderr)
+            for warning in written.metadata["warnings"]:
+                tqdm.write(f"  warning: {warning}", file=sys.stderr)
+            codes.append(EXIT_FLAGGED if written.flags else EXIT_OK)
+        current = None
         try:
-            written = predictor.predict_file(path, args.output, overwrite=args.overwrite,
-                                             overlay=not args.no_overlay)
-        except DataError as exc:
-            tqdm.write(f"error: {exc}", file=sys.stderr)
+            rebuild_volumes_table(out)
+        except (DataError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
             codes.append(EXIT_BAD_INPUT)
-            continue
-        except SegmentationError as failure:
-            tqdm.write(f"FAILED {path}: [{failure.reason}] {failure}", file=sys.stderr)
-            codes.append(EXIT_FAILED)
-            continue
-        stats = written.metadata["statistics"]
-        sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
-                          f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm" for side in ("left", "right"))
-        tqdm.write(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})", file=sys.stdout)
-        for flag in written.flags:
-            tqdm.write(f"  FLAG {flag}", file=sys.stderr)
-        for warning in written.metadata["warnings"]:
-            tqdm.write(f"  warning: {warning}", file=sys.stderr)
-        codes.append(EXIT_FLAGGED if written.flags else EXIT_OK)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _set_handlers(signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
+        with contextlib.suppress(Exception):  # best effort; --resume rebuilds it too
+            rebuild_volumes_table(out)
+        done = len(codes) - n_skipped
+        print(f"interrupted ({signal.Signals(signum).name}) while processing {current or 'the batch'}: "
+              f"{done} input(s) finished, {len(inputs) - len(codes)} not; no partial output is left under a final "
+              f"name; rerun with --resume to finish the batch", file=sys.stderr)
+        return 128 + int(signum)
     code = _worst(codes)
     n_bad = sum(c != EXIT_OK for c in codes)
-    print(f"{len(inputs) - n_bad}/{len(inputs)} ok; results in {args.output}/ (volumes.csv, */X_metadata.json); "
-          f"exit code {code}", file=sys.stderr)
+    skipped = f", {n_skipped} skipped as complete" if n_skipped else ""
+    print(f"{len(inputs) - n_bad}/{len(inputs)} ok{skipped}; results in {args.output}/ (volumes.csv, "
+          f"*/X_metadata.json); exit code {code}", file=sys.stderr)
     return code

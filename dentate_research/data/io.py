@@ -16,6 +16,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .atomic import atomic_output
+
 ALLOWED_LABEL_VALUES = (0, 1, 2)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -34,6 +36,8 @@ class Volume:
         path: file it was read from, if any.
         original_affine: affine of the file as stored (before reorientation), used to write outputs back.
         original_shape: shape of the file's array as stored.
+        nonfinite: boolean mask (same grid as ``array``) of voxels that were NaN/inf in the file and are 0 in
+            ``array``; None when every voxel was finite. Statistics exclude these voxels (they are not 0 ppm).
     """
 
     array: np.ndarray
@@ -42,6 +46,7 @@ class Volume:
     original_affine: np.ndarray | None = None
     original_shape: tuple[int, ...] | None = None
     header_zooms: tuple[float, ...] = field(default=())
+    nonfinite: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -56,7 +61,8 @@ class Volume:
         """Same grid, new voxel values (e.g. a label map predicted on this image)."""
         if array.shape != self.array.shape:
             raise DataError(f"array shape {array.shape} does not match volume shape {self.array.shape}")
-        return Volume(array, self.affine.copy(), self.path, self.original_affine, self.original_shape)
+        return Volume(array, self.affine.copy(), self.path, self.original_affine, self.original_shape,
+                      nonfinite=self.nonfinite)
 
 
 def _name(path: Path | str) -> str:
@@ -98,8 +104,8 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
 def load_image(path: Path | str) -> Volume:
     """Load a 3D image (e.g. QSM in ppm) and reorient it to canonical RAS.
 
-    NaN/inf voxels are set to 0 (common outside the brain mask in QSM pipelines); an image with no finite
-    voxel at all is an error.
+    NaN/inf voxels are set to 0 (common outside the brain mask in QSM pipelines) and remembered in
+    ``Volume.nonfinite`` (excluded from statistics); an image with no finite voxel at all is an error.
     """
     path = Path(path)
     img = _load_nifti(path)
@@ -108,10 +114,12 @@ def load_image(path: Path | str) -> Volume:
     finite = np.isfinite(array)
     if not finite.any():
         raise DataError(f"{_name(path)}: contains no finite voxel (all NaN/inf)")
+    nonfinite = None
     if not finite.all():
         array = np.where(finite, array, 0.0).astype(np.float32)
+        nonfinite = ~finite
     return Volume(array, canonical.affine.copy(), path, img.affine.copy(), tuple(img.shape),
-                  tuple(float(z) for z in img.header.get_zooms()[:3]))
+                  tuple(float(z) for z in img.header.get_zooms()[:3]), nonfinite=nonfinite)
 
 
 def load_label(path: Path | str, reference: Volume | None = None,
@@ -169,7 +177,10 @@ def to_original_orientation(array: np.ndarray, volume: Volume) -> tuple[np.ndarr
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str, *, is_label: bool = False,
                overwrite: bool = True) -> Path:
-    """Write ``array`` with ``affine`` (RAS mm) to ``path``; labels are stored as uint8."""
+    """Write ``array`` with ``affine`` (RAS mm) to ``path``; labels are stored as uint8.
+
+    The file is written atomically (temporary name in the same folder, then renamed): no partial file ever
+    sits under ``path``, even if the process is interrupted or killed."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -179,7 +190,8 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str, *, is_la
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    with atomic_output(path) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 

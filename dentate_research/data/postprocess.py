@@ -120,19 +120,28 @@ def postprocess_dn_labels(labels: np.ndarray, affine: np.ndarray, midline_x_mm: 
     return cleaned.astype(np.uint8), report
 
 
-def side_statistics(labels: np.ndarray, image: np.ndarray, spacing_mm: tuple[float, float, float]
-                    ) -> dict[str, float | int | None]:
-    """DN volume (mm^3), voxel count and mean image value (ppm for QSM) per side.
+def side_statistics(labels: np.ndarray, image: np.ndarray, spacing_mm: tuple[float, float, float],
+                    nonfinite: np.ndarray | None = None) -> dict[str, float | int | None]:
+    """DN volume (mm^3), voxel count, mean image value (ppm for QSM) and non-finite voxel count per side.
 
-    The mean is None for an empty side (never 0, which would look like a real susceptibility).
+    Voxels that are NaN/inf in ``image`` or marked in ``nonfinite`` (``Volume.nonfinite``: NaN/inf in the file,
+    stored as 0) count towards the volume but not towards the mean (they are not 0 ppm); their number is
+    ``<side>_nonfinite_voxels``. The mean is None for an empty side or one without a finite voxel (never 0,
+    which would look like a real susceptibility).
     """
     voxel_mm3 = float(np.prod(spacing_mm))
+    valid = np.isfinite(image)
+    if nonfinite is not None:
+        valid &= ~np.asarray(nonfinite, bool)
     stats: dict[str, float | int | None] = {}
     for value in (LEFT_DN, RIGHT_DN):
         name = SIDE_NAMES[value]
         mask = labels == value
         count = int(mask.sum())
+        finite = mask & valid
+        n_finite = int(finite.sum())
         stats[f"{name}_voxels"] = count
         stats[f"{name}_volume_mm3"] = count * voxel_mm3
-        stats[f"{name}_mean_susceptibility_ppm"] = float(image[mask].mean()) if count else None
+        stats[f"{name}_mean_susceptibility_ppm"] = float(image[finite].mean()) if n_finite else None
+        stats[f"{name}_nonfinite_voxels"] = count - n_finite
     return stats

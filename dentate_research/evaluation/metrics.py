@@ -11,7 +11,8 @@ assd_mm                average symmetric surface distance (mm): mean of all surf
 volume_pred_mm3        voxel count x voxel volume of the grid the labels are on (the original image grid)
 volume_ref_mm3         the same for the reference
 chi_pred_ppm           mean image value inside the prediction, in ppm (:func:`evaluate_cases` converts images
-                       whose manifest ``units`` is 'ppb'; other units are an error)
+                       whose manifest ``units`` is 'ppb'; other units are an error); voxels that are NaN/inf in
+                       the image file (``Volume.nonfinite``) are excluded, never counted as 0 ppm
 chi_ref_ppm            the same inside the reference
 flag                   '' (both non-empty), 'both_empty', 'empty_prediction' or 'empty_reference'
 =====================  ==========================================================================================
@@ -107,9 +108,21 @@ def hd95_and_assd(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float
     return hd, assd
 
 
+def _finite_mean(image: np.ndarray | None, mask: np.ndarray, valid: np.ndarray | None) -> float:
+    """Mean of ``image`` over ``mask`` without non-finite voxels; NaN when none is left."""
+    if image is None:
+        return float("nan")
+    inside = mask & np.isfinite(image)
+    if valid is not None:
+        inside &= valid
+    return float(image[inside].mean()) if inside.any() else float("nan")
+
+
 def side_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, float], voxel_mm3: float,
-                 image: np.ndarray | None = None) -> dict[str, float | str]:
-    """All metrics of one side for boolean masks ``pred`` and ``ref`` on the same grid."""
+                 image: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict[str, float | str]:
+    """All metrics of one side for boolean masks ``pred`` and ``ref`` on the same grid.
+
+    ``valid``: voxels whose image value may enter the mean susceptibility (default: the finite ones)."""
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
     n_pred, n_ref = int(pred.sum()), int(ref.sum())
     if n_pred == 0 and n_ref == 0:
@@ -127,8 +140,8 @@ def side_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float,
         "assd_mm": assd,
         "volume_pred_mm3": n_pred * voxel_mm3,
         "volume_ref_mm3": n_ref * voxel_mm3,
-        "chi_pred_ppm": float(image[pred].mean()) if image is not None and n_pred else float("nan"),
-        "chi_ref_ppm": float(image[ref].mean()) if image is not None and n_ref else float("nan"),
+        "chi_pred_ppm": _finite_mean(image, pred, valid),
+        "chi_ref_ppm": _finite_mean(image, ref, valid),
         "flag": flag,
     }
     return out
@@ -156,28 +169,71 @@ def evaluate_case(pred: Volume | np.ndarray, ref: Volume, image: Volume | None =
     pred_arr, ref_arr = _as_array(pred), _as_array(ref)
     if pred_arr.shape != ref_arr.shape:
         raise DataError(f"prediction shape {pred_arr.shape} does not match reference shape {ref_arr.shape}")
-    image_arr = None
+    image_arr = valid = None
     if image is not None:
         check_same_grid(image, ref)
         image_arr = image.array
+        valid = None if image.nonfinite is None else ~image.nonfinite
     spacing, voxel = ref.spacing, voxel_volume_mm3(ref.affine)
     rows = []
     for side in sides:
         row: dict[str, float | str] = {"side": SIDE_NAMES.get(side, str(side))}
-        row.update(side_metrics(pred_arr == side, ref_arr == side, spacing, voxel, image_arr))
+        row.update(side_metrics(pred_arr == side, ref_arr == side, spacing, voxel, image_arr, valid))
         rows.append(row)
     return rows
 
 
-def find_prediction(pred_dir: Path, case_id: str, suffix: str = "_seg.nii.gz") -> tuple[Path | None, list[Path]]:
-    """Locate ``<case_id>_seg.nii.gz`` or ``<case_id>/<case_id>_seg.nii.gz`` (DentateSeg layout) in pred_dir.
+def _image_stem(image: Path | str | None) -> str | None:
+    if image is None:
+        return None
+    name = Path(image).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
 
-    Returns (path or None, the paths looked at).
+
+def segment_output_index(pred_dir: Path) -> dict[str, Path]:
+    """``{resolved input path: X_seg path}`` from the ``X_metadata.json`` files of ``segment``'s layout
+    (``pred_dir/X/X_metadata.json``), for finished, non-failed cases whose X_seg exists."""
+    import json
+
+    index: dict[str, Path] = {}
+    for meta_path in sorted(Path(pred_dir).glob("*/*_metadata.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        seg_name = (meta.get("outputs") or {}).get("seg") if isinstance(meta, dict) else None
+        if not meta.get("input") or not seg_name or meta.get("status") == "failed":
+            continue
+        seg = meta_path.parent / seg_name
+        if seg.is_file():
+            index[str(Path(meta["input"]).resolve())] = seg
+    return index
+
+
+def find_prediction(pred_dir: Path, case_id: str, suffix: str = "_seg.nii.gz", image: Path | str | None = None,
+                    index: dict[str, Path] | None = None) -> tuple[Path | None, list[Path]]:
+    """Locate a case's prediction in ``pred_dir``; returns (path or None, the paths looked at).
+
+    Looked for, in order: ``<case_id>_seg.nii.gz``, ``<case_id>/<case_id>_seg.nii.gz`` (DentateSeg layout); with
+    ``image`` (the case's image file ``X.nii.gz``, whose name need not be the case ID): ``X_seg.nii.gz`` and
+    ``X/X_seg.nii.gz`` (what ``segment`` writes for it); with ``index`` (:func:`segment_output_index`): the
+    X_seg whose metadata JSON names ``image`` as its input.
     """
-    candidates = [pred_dir / f"{case_id}{suffix}", pred_dir / case_id / f"{case_id}{suffix}"]
+    names = [case_id]
+    stem = _image_stem(image)
+    if stem and stem != case_id:
+        names.append(stem)
+    candidates = [p for name in names for p in (pred_dir / f"{name}{suffix}", pred_dir / name / f"{name}{suffix}")]
     for c in candidates:
         if c.exists():
             return c, candidates
+    if index and image is not None:
+        found = index.get(str(Path(image).resolve()))
+        if found is not None:
+            return found, [*candidates, found]
     return None, candidates
 
 
@@ -208,7 +264,8 @@ def evaluate_cases(cases: list[Case], predictions: Mapping[str, Path] | Path | s
 
     Args:
         cases: manifest cases (image, labels, subject, site, meta['group'], meta['fold']).
-        predictions: {case_id: path} or a folder searched with :func:`find_prediction`.
+        predictions: {case_id: path} or a folder searched with :func:`find_prediction` (flat, DentateSeg and
+            ``segment`` layouts, also when the image file name is not the case ID).
         method: method/architecture name written in the ``method`` column.
         reference: rater whose labels are the reference ('true' for phantom ground truth).
         fold: value of the ``fold`` column (default: the case's meta 'fold' if present, else '').
@@ -221,10 +278,11 @@ def evaluate_cases(cases: list[Case], predictions: Mapping[str, Path] | Path | s
     if isinstance(predictions, str):
         predictions = Path(predictions)
     meta_columns = [m for m in meta_columns if any(m in c.meta for c in cases)]
+    index = segment_output_index(predictions) if isinstance(predictions, Path) else None
     rows = []
     for case in tqdm(cases, desc=f"evaluate {method}", disable=not progress or len(cases) < 2):
         if isinstance(predictions, Path):
-            path, looked = find_prediction(predictions, case.case_id)
+            path, looked = find_prediction(predictions, case.case_id, image=case.image, index=index)
         else:
             path = predictions.get(case.case_id)
             looked = [path] if path is not None else []

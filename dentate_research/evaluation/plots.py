@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dentate_research.data.atomic import atomic_output  # noqa: E402
+
 from .stats import bland_altman, pearson  # noqa: E402
 
 
@@ -18,9 +20,11 @@ def _save(fig, path: Path | str) -> Path:
     """Lay out, write (creating the folder) and close a figure; returns the PNG path."""
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:  # never a partial PNG under the final name
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

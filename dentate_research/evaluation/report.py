@@ -1,4 +1,9 @@
-"""Tables and reports written from the per-case long table (CSV + Markdown + PNG + JSON)."""
+"""Tables and reports written from the per-case long table (CSV + Markdown + PNG + JSON).
+
+Every file is written atomically (:mod:`dentate_research.data.atomic`). :data:`REPORT_FILES` /
+:data:`COMPARISON_FILES` name what :func:`write_report` / :func:`write_comparison` may write, so a caller can
+refuse to replace an earlier report (``evaluate ... --out`` without ``--overwrite``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dentate_research.data.atomic import write_csv_atomic, write_text_atomic
+
 from .stats import agreement, format_mean_sd, paired_comparison, summarize
+
+REPORT_FILES = ("per_case.csv", "summary_by_side.csv", "summary_by_site.csv", "summary_by_group.csv", "agreement.csv",
+                "summary.md", "report.json", "bland_altman_volume.png", "bland_altman_susceptibility.png",
+                "scatter_volume.png", "dice_by_site.png")
+COMPARISON_FILES = ("comparison.csv", "comparison.md", "comparison_exclusions.csv")
 
 SUMMARY_GROUPINGS = {"side": ("method", "reference", "side"), "site": ("method", "reference", "site", "side"),
                      "group": ("method", "reference", "group", "side")}
@@ -79,16 +91,16 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, title: str = "Evaluation
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     paths["per_case"] = out / "per_case.csv"
-    df.to_csv(paths["per_case"], index=False)
+    write_csv_atomic(df, paths["per_case"])
     for name, key in SUMMARY_GROUPINGS.items():
         paths[f"summary_by_{name}"] = out / f"summary_by_{name}.csv"
-        summarize(df, key).to_csv(paths[f"summary_by_{name}"], index=False)
+        write_csv_atomic(summarize(df, key), paths[f"summary_by_{name}"])
     agr = pd.concat([agreement(df, "volume_pred_mm3", "volume_ref_mm3"), agreement(df, "chi_pred_ppm", "chi_ref_ppm")],
                     ignore_index=True)
     paths["agreement"] = out / "agreement.csv"
-    agr.to_csv(paths["agreement"], index=False)
+    write_csv_atomic(agr, paths["agreement"])
     paths["summary_md"] = out / "summary.md"
-    paths["summary_md"].write_text(summary_markdown(df, title))
+    write_text_atomic(paths["summary_md"], summary_markdown(df, title))
     if plots and not df.empty:
         from .plots import bland_altman_plot, dice_by_site_plot, scatter_plot
 
@@ -106,7 +118,7 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, title: str = "Evaluation
               if "flag" in df else 0,
               "files": {k: str(v) for k, v in paths.items()}, **(extra or {})}
     paths["report_json"] = out / "report.json"
-    paths["report_json"].write_text(json.dumps(report, indent=2, default=str))
+    write_text_atomic(paths["report_json"], json.dumps(report, indent=2, default=str))
     return paths
 
 
@@ -124,13 +136,58 @@ def comparison_markdown(comp: pd.DataFrame, title: str = "Method comparison") ->
     return "\n".join(lines) + "\n"
 
 
+def comparison_exclusions(df: pd.DataFrame, metrics: Sequence[str] = ("dice", "hd95_mm"),
+                          methods: Sequence[str] | None = None, method_col: str = "method",
+                          pair_on: Sequence[str] = ("case", "side", "reference"), by: Sequence[str] = ("side",)
+                          ) -> pd.DataFrame:
+    """The cases a paired comparison drops: per metric, group (side) and method pair, the cases present for
+    either method whose value is missing or NaN for one of them (``n_dropped``, ``dropped_cases`` ";"-joined)."""
+    methods = list(methods) if methods is not None else list(dict.fromkeys(df[method_col]))
+    by = [b for b in by if b in df.columns]
+    keys = [k for k in pair_on if k in df.columns and k not in by]
+    rows = []
+    for metric in metrics:
+        if metric not in df.columns:
+            continue
+        wide = df.pivot_table(index=[*by, *keys], columns=method_col, values=metric, aggfunc="first", dropna=False)
+        groups = wide.groupby(level=list(range(len(by)))) if by else [((), wide)]
+        for key, part in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            for i, a in enumerate(methods):
+                for b in methods[i + 1:]:
+                    if a not in part.columns or b not in part.columns:
+                        continue
+                    bad = part[a].isna() | part[b].isna()
+                    dropped = part.index[bad.to_numpy()]
+                    cases = sorted({str(dict(zip(part.index.names, idx if isinstance(idx, tuple) else (idx,),
+                                                 strict=True)).get("case", idx)) for idx in dropped})
+                    rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "method_a": a, "method_b": b,
+                                 "n_dropped": len(cases), "dropped_cases": ";".join(cases)})
+    return pd.DataFrame(rows, columns=[*by, "metric", "method_a", "method_b", "n_dropped", "dropped_cases"])
+
+
 def write_comparison(df: pd.DataFrame, out_dir: Path | str, metrics: Sequence[str] = ("dice", "hd95_mm"),
                      methods: Sequence[str] | None = None) -> dict[str, Path]:
-    """Paired comparisons per side for each metric; writes comparison.csv and comparison.md."""
+    """Paired comparisons per side for each metric; writes comparison.csv, comparison.md and
+    comparison_exclusions.csv (the cases dropped from each comparison for a missing value, also listed in the
+    Markdown)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     comp = pd.concat([paired_comparison(df, metric=m, methods=methods) for m in metrics], ignore_index=True)
-    paths = {"comparison_csv": out / "comparison.csv", "comparison_md": out / "comparison.md"}
-    comp.to_csv(paths["comparison_csv"], index=False)
-    paths["comparison_md"].write_text(comparison_markdown(comp))
+    excluded = comparison_exclusions(df, metrics, methods)
+    paths = {"comparison_csv": out / "comparison.csv", "comparison_md": out / "comparison.md",
+             "comparison_exclusions": out / "comparison_exclusions.csv"}
+    write_csv_atomic(comp, paths["comparison_csv"])
+    write_csv_atomic(excluded, paths["comparison_exclusions"])
+    text = comparison_markdown(comp)
+    dropped = excluded[excluded["n_dropped"] > 0]
+    if len(dropped):
+        lines = ["", "## Cases dropped for a missing value", "", "| side | metric | method A | method B | n dropped | "
+                 "cases |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.get('side', 'all')} | {r['metric']} | {r['method_a']} | {r['method_b']} | {r['n_dropped']} | "
+                  f"{r['dropped_cases'].replace(';', ', ')} |" for _, r in dropped.iterrows()]
+        text += "\n".join(lines) + "\n"
+    else:
+        text += "\nNo case was dropped for a missing value.\n"
+    write_text_atomic(paths["comparison_md"], text)
     return paths

@@ -12,19 +12,38 @@ For an input ``X.nii.gz`` (or ``X.nii``) and output folder ``out/``::
     out/X/X_overlay.png             axial / coronal / sagittal views through the DN (quick look)
     out/volumes.csv                 one row per input: DN volume (mm^3) and mean susceptibility (ppm) per side,
                                     status, qc_status, flags (";"-separated), volume ratio, mean segmenter
-                                    confidence per side (``left_confidence``, ``right_confidence``)
+                                    confidence per side (``left_confidence``, ``right_confidence``), NaN/Inf
+                                    voxels inside the DN per side (``left_nonfinite_voxels``, ...; excluded
+                                    from the mean susceptibility)
 
-For a failed input (localizer found nothing, no DN) only ``X_metadata.json`` (``status: failed``), the
-cerebellar mask if localization ran, and a ``failed`` row in ``volumes.csv`` are written: never an empty
-``X_seg``. Nothing is overwritten unless ``overwrite=True`` (checked before any computation).
+For a failed input (localizer found nothing, no DN, unreadable input, any other error of that input) only
+``X_metadata.json`` (``status: failed``, ``failure_reason``), the cerebellar mask if localization ran, and a
+``failed`` row in ``volumes.csv`` are written: never an empty ``X_seg``. Nothing is overwritten unless
+``overwrite=True`` (checked before any computation).
+
+Guarantees (interruption, concurrency, resume):
+
+* every file is written atomically (:mod:`dentate_research.data.atomic`: temporary name in the same folder, then
+  ``os.replace``), so no partial file ever sits under a final name;
+* ``X_metadata.json`` is written last and is the case's commit record: it lists the case's files
+  (``outputs``) and its ``volumes.csv`` row (``volumes_row``). An error or interruption while a case is written
+  removes what that case wrote so far; a case folder without a finished metadata JSON (SIGKILL) is *partial*
+  (:func:`case_state`) and is cleaned and redone by ``segment --resume``;
+* ``volumes.csv`` is only rewritten under an ``fcntl`` lock (``out/.volumes.csv.lock``), atomically, so
+  concurrent ``segment`` processes writing into one folder lose no row; :func:`rebuild_volumes_table` adds the
+  rows of every complete case from its metadata record (after an interruption, or for cases skipped by
+  ``--resume``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import json
+import os
 import platform
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +52,15 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from dentate_research.data.atomic import (
+    TEMP_PREFIX,
+    atomic_output,
+    file_lock,
+    is_temp_file,
+    remove_temp_files,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from dentate_research.data.geometry import BoundingBox, box_extent_mm
 from dentate_research.data.io import NIFTI_SUFFIXES, DataError, Volume, save_like, save_nifti
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
@@ -43,9 +71,13 @@ if TYPE_CHECKING:
     from .pipeline import DentatePredictor, SegmentationError, SegmentationResult
 
 VOLUMES_CSV = "volumes.csv"
+VOLUMES_LOCK = ".volumes.csv.lock"
 VOLUME_COLUMNS = ("case", "input", "status", "qc_status", "left_volume_mm3", "right_volume_mm3",
                   "left_mean_susceptibility_ppm", "right_mean_susceptibility_ppm", "left_voxels", "right_voxels",
-                  "sides_swapped", "flags", "volume_ratio", "left_confidence", "right_confidence", "seg")
+                  "left_nonfinite_voxels", "right_nonfinite_voxels", "sides_swapped", "flags", "volume_ratio",
+                  "left_confidence", "right_confidence", "seg")
+REQUIRED_VOLUME_COLUMNS = ("case", "status")
+FINISHED_STATUSES = ("ok", "flagged", "failed")
 OUTPUT_SUFFIXES = {
     "seg": "_seg.nii.gz",
     "cerebellar_mask": "_cerebellar_mask.nii.gz",
@@ -85,22 +117,117 @@ class CaseOutputs:
     flags: list[str] = field(default_factory=list)
 
 
-def _cases_in_table(table: Path) -> set[str]:
+def read_volumes_table(table: Path | str) -> pd.DataFrame | None:
+    """The rows of an existing ``volumes.csv`` (None if absent); DataError (one line) if it is not a volumes table
+    written by ``segment`` (unreadable, missing ``case``/``status`` or unexpected columns)."""
+    table = Path(table)
+    if not table.exists():
+        return None
     if not table.is_file():
-        return set()
+        raise DataError(f"{table}: exists but is not a file; move it away or choose another output folder")
     try:
-        return set(pd.read_csv(table, dtype={"case": str})["case"].astype(str))
-    except (KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{table}: exists but is not a volumes table written by 'segment' ({exc}); move it away "
-                        "or choose another output folder") from exc
+        frame = pd.read_csv(table, dtype={"case": str})
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(VOLUME_COLUMNS))
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{table}: exists but is not a volumes table written by 'segment' ({type(exc).__name__}); "
+                        "move it away or choose another output folder") from exc
+    unexpected = [c for c in frame.columns if c not in VOLUME_COLUMNS]
+    missing = [c for c in REQUIRED_VOLUME_COLUMNS if c not in frame.columns]
+    if unexpected or missing:
+        what = "; ".join(part for part in (f"unexpected columns {unexpected[:5]}" if unexpected else "",
+                                           f"missing columns {missing}" if missing else "") if part)
+        raise DataError(f"{table}: exists but is not a volumes table written by 'segment' ({what}); move it away "
+                        "or choose another output folder")
+    frame["case"] = frame["case"].astype(str)
+    return frame
 
 
-def check_outputs_free(out_dir: Path | str, inputs: list[Path], *, overwrite: bool) -> None:
-    """Refuse (before any work) to overwrite existing outputs of these inputs unless ``overwrite``.
+def check_output_location(out_dir: Path | str) -> None:
+    """Check (before any work) that ``out_dir`` can receive outputs: creates it if absent, probes that files can
+    be created in it, and checks an existing ``volumes.csv`` (a regular, writable volumes table). Raises DataError
+    with one line naming the path and what is wrong."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: output path exists and is not a folder; give a folder with -o/--output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{out}: output folder is not writable ({exc.strerror or exc})") from exc
+    table = out / VOLUMES_CSV
+    if table.exists():
+        if not table.is_file():
+            raise DataError(f"{table}: exists but is not a file; move it away or choose another output folder")
+        if not os.access(table, os.W_OK) or not table.stat().st_mode & 0o222:
+            raise DataError(f"{table}: volumes table is read-only; make it writable (chmod u+w) or choose another "
+                            "output folder")
+        read_volumes_table(table)
+
+
+def load_case_record(out_dir: Path | str, name: str) -> dict[str, Any] | None:
+    """The parsed ``X_metadata.json`` of case ``name`` (None if absent or unreadable)."""
+    path = case_output_paths(out_dir, name)["metadata"]
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def case_state(out_dir: Path | str, name: str) -> str:
+    """``absent`` (no output of this case), ``complete`` (its metadata JSON says finished - ok, flagged or
+    failed - and every file it lists exists; nothing else of the case's outputs and no temporary file) or
+    ``partial`` (anything else: interrupted or killed while writing)."""
+    out = Path(out_dir)
+    folder = out / name
+    paths = case_output_paths(out, name)
+    existing = {key for key, p in paths.items() if p.exists()}
+    temps = folder.is_dir() and any(is_temp_file(p) for p in folder.iterdir())
+    if not existing and not temps:
+        return "absent"
+    record = load_case_record(out, name)
+    if record is None or record.get("status") not in FINISHED_STATUSES or temps:
+        return "partial"
+    listed = record.get("outputs")
+    if not isinstance(listed, dict) or "metadata" not in listed:
+        return "partial"
+    if any(not (folder / str(fname)).is_file() for fname in listed.values()):
+        return "partial"
+    if existing - set(listed):  # e.g. an X_seg beside a failure record
+        return "partial"
+    return "complete"
+
+
+def clear_case_outputs(out_dir: Path | str, name: str) -> None:
+    """Delete every output of case ``name`` (its metadata record first, so the case is never left looking
+    complete) and leftover temporary files in its folder; the folder itself goes if it is empty."""
+    paths = case_output_paths(out_dir, name)
+    for key in ("metadata", *[k for k in paths if k != "metadata"]):
+        with contextlib.suppress(FileNotFoundError):
+            paths[key].unlink()
+    folder = Path(out_dir) / name
+    remove_temp_files(folder)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def check_outputs_free(out_dir: Path | str, inputs: list[Path], *, overwrite: bool,
+                       resume: bool = False) -> dict[str, str]:
+    """Refuse (before any work) to overwrite existing outputs of these inputs unless ``overwrite`` or ``resume``.
+
+    Returns ``{case name: state}`` (:func:`case_state`; ``redo`` for every case with ``overwrite``). With
+    ``resume`` nothing is refused: complete cases are to be skipped, partial ones cleaned and redone.
 
     Raises:
-        DataError: two inputs map to the same output name.
-        FileExistsError: naming the first existing file (or the volumes.csv row) and the option to use.
+        DataError: two inputs map to the same output name, a case folder path is a file, or an existing
+            volumes.csv is not a volumes table.
+        FileExistsError: naming the first existing file (or the volumes.csv row) and the options to use.
     """
     out_dir = Path(out_dir)
     names: dict[str, Path] = {}
@@ -109,18 +236,29 @@ def check_outputs_free(out_dir: Path | str, inputs: list[Path], *, overwrite: bo
         if name in names:
             raise DataError(f"{path} and {names[name]} would both write to {out_dir / name}/; rename one of them")
         names[name] = Path(path)
+        folder = out_dir / name
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"{folder}: exists and is not a folder; the outputs of {path} go there, move it away")
     if overwrite:
-        return
+        return dict.fromkeys(names, "redo")
     table = out_dir / VOLUMES_CSV
-    in_table = _cases_in_table(table)
+    existing_table = read_volumes_table(table)
+    in_table = set() if existing_table is None else set(existing_table["case"])
+    states: dict[str, str] = {}
     for name in names:
-        existing = [p for p in case_output_paths(out_dir, name).values() if p.exists()]
-        if existing:
-            raise FileExistsError(f"{existing[0]}: output exists ({len(existing)} file(s) for '{name}'); pass "
-                                  "--overwrite (Python: overwrite=True) to replace them")
+        state = case_state(out_dir, name)
+        states[name] = state
+        if resume:
+            continue
+        if state != "absent":
+            existing = [p for p in case_output_paths(out_dir, name).values() if p.exists()] or [out_dir / name]
+            raise FileExistsError(f"{existing[0]}: output exists ({state} outputs of '{name}'); pass --overwrite "
+                                  "(Python: overwrite=True) to replace them, or --resume to skip finished cases "
+                                  "and redo partial ones")
         if name in in_table:
             raise FileExistsError(f"{table}: already has a row for '{name}'; pass --overwrite "
-                                  "(Python: overwrite=True) to replace it")
+                                  "(Python: overwrite=True) to replace it, or --resume")
+    return states
 
 
 def package_versions() -> dict[str, str | None]:
@@ -144,6 +282,18 @@ def _model_info(run_dir: Path | None, card: Any) -> dict[str, Any]:
     else:
         info["model_json"] = card_to_dict(card)
     return info
+
+
+def models_section(predictor: DentatePredictor | None) -> dict[str, Any] | None:
+    """The ``models`` section of a metadata record: each stage's run folder and card, plus what
+    ``predictor.model_info`` says (``model_dir``, ``source``: shipped asset / user cache / --model / ..., ``card_name``,
+    ``shadows``), set by ``segment``."""
+    if predictor is None:
+        return None
+    section: dict[str, Any] = {"localization": _model_info(predictor.localizer_dir, predictor.localizer.card),
+                               "segmentation": _model_info(predictor.segmenter_dir, predictor.segmenter.card)}
+    section.update(getattr(predictor, "model_info", None) or {})
+    return section
 
 
 def _file_box(box: BoundingBox, volume: Volume) -> dict[str, list[int]]:
@@ -193,8 +343,7 @@ def _base_metadata(name: str, volume: Volume, predictor: DentatePredictor, timin
         "labels": {str(LEFT_DN): "left dentate nucleus", str(RIGHT_DN): "right dentate nucleus",
                    "convention": "subject's left/right in world RAS coordinates"},
         "image": _image_report(volume),
-        "models": {"localization": _model_info(predictor.localizer_dir, predictor.localizer.card),
-                   "segmentation": _model_info(predictor.segmenter_dir, predictor.segmenter.card)},
+        "models": models_section(predictor),
         "device": predictor.device,
         "versions": package_versions(),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
@@ -202,21 +351,99 @@ def _base_metadata(name: str, volume: Volume, predictor: DentatePredictor, timin
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_json_atomic(path, data)
+
+
+def _locked_table_update(out_dir: Path, change: Any) -> Path:
+    """Under the volumes lock: read volumes.csv, apply ``change(frame | None) -> frame | None``, write it back
+    atomically (nothing is written when ``change`` returns None)."""
+    table = out_dir / VOLUMES_CSV
+    with file_lock(out_dir / VOLUMES_LOCK):
+        for leftover in out_dir.glob(f"{TEMP_PREFIX}*-{VOLUMES_CSV}"):  # every writer holds the lock: stale
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        new = change(read_volumes_table(table))
+        if new is not None:
+            write_csv_atomic(new.reindex(columns=list(VOLUME_COLUMNS)), table)
+    return table
+
+
+def _row_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame([{col: row.get(col) for col in VOLUME_COLUMNS} for row in rows], columns=list(VOLUME_COLUMNS))
+
+
+def _merge_rows(old: pd.DataFrame | None, rows: list[dict[str, Any]], drop: set[str] = frozenset()) -> pd.DataFrame:
+    new = _row_frame(rows)
+    replaced = {str(r["case"]) for r in rows} | set(drop)
+    if old is None or not len(old):
+        return new
+    old = old[~old["case"].astype(str).isin(replaced)]
+    return pd.concat([old, new], ignore_index=True) if len(old) else new
 
 
 def update_volumes_table(out_dir: Path | str, row: dict[str, Any]) -> Path:
-    """Add (or replace, same ``case``) one row of ``out_dir/volumes.csv``."""
-    table = Path(out_dir) / VOLUMES_CSV
-    new = pd.DataFrame([{col: row.get(col) for col in VOLUME_COLUMNS}])
-    if table.is_file():
-        old = pd.read_csv(table, dtype={"case": str})
-        old = old[old["case"].astype(str) != str(row["case"])]
-        new = pd.concat([old, new], ignore_index=True) if len(old) else new
-    table.parent.mkdir(parents=True, exist_ok=True)
-    new.to_csv(table, index=False)
-    return table
+    """Add (or replace, same ``case``) one row of ``out_dir/volumes.csv``: locked read-modify-write, atomic."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _locked_table_update(out_dir, lambda old: _merge_rows(old, [row]))
+
+
+def rebuild_volumes_table(out_dir: Path | str) -> Path | None:
+    """Make ``volumes.csv`` hold the row of every complete case in ``out_dir`` (from each case's metadata record,
+    ``volumes_row``) and no row of a partial case; rows of other cases are kept. Locked and atomic. Returns the
+    table path (None if there is neither a table nor a record)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None
+
+    def change(old: pd.DataFrame | None) -> pd.DataFrame | None:  # runs under the lock: no row can be lost
+        records: list[dict[str, Any]] = []
+        partial: set[str] = set()
+        for folder in sorted(p for p in out_dir.iterdir() if p.is_dir() and not is_temp_file(p)):
+            state = case_state(out_dir, folder.name)
+            if state == "partial":
+                partial.add(folder.name)
+            elif state == "complete":
+                row = (load_case_record(out_dir, folder.name) or {}).get("volumes_row")
+                if isinstance(row, dict) and row.get("case") is not None:
+                    records.append(row)
+        if old is None and not records:
+            return None
+        merged = _merge_rows(old, records, drop=partial)
+        return None if old is not None and _same_rows(old, merged) else merged
+
+    table = _locked_table_update(out_dir, change)
+    return table if table.exists() else None
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    def norm(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.reindex(columns=list(VOLUME_COLUMNS)).astype(object)
+        return frame.where(frame.notna(), "").astype(str).sort_values("case").reset_index(drop=True)
+
+    return norm(a).equals(norm(b))
+
+
+@contextlib.contextmanager
+def _case_transaction(out_dir: Path, name: str, overwrite: bool) -> Any:
+    """Clear the case's old outputs (refusing without ``overwrite``), then yield a list to which the writer
+    appends each file it writes; on any error or interruption those files are removed again (the metadata record
+    is written last, so a case is either complete or absent)."""
+    existing = [p for p in case_output_paths(out_dir, name).values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]}: exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    clear_case_outputs(out_dir, name)
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in reversed(written):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        remove_temp_files(out_dir / name)
+        with contextlib.suppress(OSError):
+            (out_dir / name).rmdir()
+        raise
 
 
 def _save_crop_like_input(array: np.ndarray, cropped: Volume, volume: Volume, path: Path, is_label: bool) -> None:
@@ -227,14 +454,6 @@ def _save_crop_like_input(array: np.ndarray, cropped: Volume, volume: Volume, pa
                                                     nib.orientations.io_orientation(volume.original_affine))
         img = img.as_reoriented(transform)
     save_nifti(np.asarray(img.dataobj), img.affine, path, is_label=is_label)
-
-
-def _remove_stale(out_dir: Path, name: str, keep: dict[str, Path]) -> None:
-    """Delete this case's outputs from an earlier run that this run does not rewrite (only reached with
-    overwrite; otherwise :func:`check_outputs_free` refused to start), so no stale X_seg sits beside a failure."""
-    for key, path in case_output_paths(out_dir, name).items():
-        if key not in keep and path.exists():
-            path.unlink()
 
 
 def _qc_columns(result: SegmentationResult) -> dict[str, Any]:
@@ -251,7 +470,8 @@ def _qc_columns(result: SegmentationResult) -> dict[str, Any]:
 
 def write_case_outputs(result: SegmentationResult, predictor: DentatePredictor, out_dir: Path | str, *,
                        overwrite: bool = False, overlay: bool = True) -> CaseOutputs:
-    """Write every output of one successful (possibly flagged) segmentation and its volumes row."""
+    """Write every output of one successful (possibly flagged) segmentation and its volumes row (metadata record
+    last; on any error or interruption the files of this case written so far are removed)."""
     import time
 
     out_dir = Path(out_dir)
@@ -262,35 +482,43 @@ def write_case_outputs(result: SegmentationResult, predictor: DentatePredictor, 
     paths = case_output_paths(out_dir, name)
     if not overlay:
         paths.pop("overlay")
-    _remove_stale(out_dir, name, paths)
     t0 = time.perf_counter()
-    save_like(result.labels, volume, paths["seg"], is_label=True, overwrite=overwrite)
-    save_like(result.cerebellar_mask, volume, paths["cerebellar_mask"], is_label=True, overwrite=overwrite)
-    _save_crop_like_input(result.cropped_image.array, result.cropped_image, volume, paths["cropped"], False)
-    _save_crop_like_input(result.cropped_labels, result.cropped_image, volume, paths["cropped_seg"], True)
-    if overlay:
-        save_overlay_png(result.cropped_image, result.cropped_labels, paths["overlay"],
-                         title=f"{name}: {result.status}" + (f" ({'; '.join(result.flags)})" if result.flags else ""))
-    timings = {**result.timings_s, "write": time.perf_counter() - t0}
-    metadata = _base_metadata(name, volume, predictor, timings)
-    metadata.update({
-        "status": result.status,
-        "flags": result.flags,
-        "warnings": result.warnings,
-        "sides_swapped": result.sides_swapped,
-        "crop": _crop_report(result.crop_box, volume, result.margin_mm, result.min_crop_mm),
-        "postprocess": asdict(result.postprocess),
-        "statistics": result.statistics,
-        "qc": result.qc,
-        "outputs": {key: p.name for key, p in paths.items()},
-    })
-    _write_json(metadata, paths["metadata"])
-    update_volumes_table(out_dir, {
-        "case": name, "input": metadata["input"], "status": result.status, **result.statistics,
-        "sides_swapped": result.sides_swapped, "flags": ";".join(result.flags), **_qc_columns(result),
-        "seg": str(paths["seg"].relative_to(out_dir)),
-    })
+    with _case_transaction(out_dir, name, overwrite) as written:
+        written.append(save_like(result.labels, volume, paths["seg"], is_label=True))
+        written.append(save_like(result.cerebellar_mask, volume, paths["cerebellar_mask"], is_label=True))
+        _save_crop_like_input(result.cropped_image.array, result.cropped_image, volume, paths["cropped"], False)
+        written.append(paths["cropped"])
+        _save_crop_like_input(result.cropped_labels, result.cropped_image, volume, paths["cropped_seg"], True)
+        written.append(paths["cropped_seg"])
+        if overlay:
+            written.append(save_overlay_png(
+                result.cropped_image, result.cropped_labels, paths["overlay"],
+                title=f"{name}: {result.status}" + (f" ({'; '.join(result.flags)})" if result.flags else "")))
+        timings = {**result.timings_s, "write": time.perf_counter() - t0}
+        metadata = _base_metadata(name, volume, predictor, timings)
+        row = {"case": name, "input": metadata["input"], "status": result.status, **result.statistics,
+               "sides_swapped": result.sides_swapped, "flags": ";".join(result.flags), **_qc_columns(result),
+               "seg": str(paths["seg"].relative_to(out_dir))}
+        metadata.update({
+            "status": result.status,
+            "flags": result.flags,
+            "warnings": result.warnings,
+            "sides_swapped": result.sides_swapped,
+            "crop": _crop_report(result.crop_box, volume, result.margin_mm, result.min_crop_mm),
+            "postprocess": asdict(result.postprocess),
+            "statistics": result.statistics,
+            "qc": result.qc,
+            "outputs": {key: p.name for key, p in paths.items()},
+            "volumes_row": _jsonable_row(row),
+        })
+        _write_json(metadata, paths["metadata"])  # the commit record: written last
+    update_volumes_table(out_dir, row)
     return CaseOutputs(name, Path(volume.path), result.status, paths, metadata, result, list(result.flags))
+
+
+def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {col: (v.item() if isinstance(v, np.generic) else v) for col in VOLUME_COLUMNS
+            if (v := row.get(col)) is not None or col in row}
 
 
 def write_failure_outputs(failure: SegmentationError, predictor: DentatePredictor, out_dir: Path | str, *,
@@ -302,22 +530,44 @@ def write_failure_outputs(failure: SegmentationError, predictor: DentatePredicto
         raise ValueError("write_failure_outputs needs a failure on a file input (volume.path is None)")
     name = case_name(volume.path)
     paths = case_output_paths(out_dir, name)
-    written = {"metadata": paths["metadata"]}
+    listed = {"metadata": paths["metadata"]}
     has_mask = failure.cerebellar_mask is not None and bool(failure.cerebellar_mask.any())
-    _remove_stale(out_dir, name, {**written, **({"cerebellar_mask": paths["cerebellar_mask"]} if has_mask else {})})
-    if has_mask:
-        save_like(failure.cerebellar_mask, volume, paths["cerebellar_mask"], is_label=True, overwrite=overwrite)
-        written["cerebellar_mask"] = paths["cerebellar_mask"]
-    metadata = _base_metadata(name, volume, predictor, failure.timings_s)
-    metadata.update({"status": "failed", "failure_reason": failure.reason, "error": str(failure),
-                     "flags": [failure.reason], "warnings": [],
-                     "crop": None if failure.crop_box is None else _crop_report(
-                         failure.crop_box, volume, predictor.margin_mm, predictor.min_crop_mm),
-                     "outputs": {key: p.name for key, p in written.items()}})
-    _write_json(metadata, paths["metadata"])
-    update_volumes_table(out_dir, {"case": name, "input": metadata["input"], "status": "failed",
-                                   "qc_status": QC_FAILED, "flags": failure.reason, "seg": ""})
-    return CaseOutputs(name, Path(volume.path), "failed", written, metadata, None, [failure.reason])
+    with _case_transaction(out_dir, name, overwrite) as written:
+        if has_mask:
+            written.append(save_like(failure.cerebellar_mask, volume, paths["cerebellar_mask"], is_label=True))
+            listed["cerebellar_mask"] = paths["cerebellar_mask"]
+        metadata = _base_metadata(name, volume, predictor, failure.timings_s)
+        row = {"case": name, "input": metadata["input"], "status": "failed", "qc_status": QC_FAILED,
+               "flags": failure.reason, "seg": ""}
+        metadata.update({"status": "failed", "failure_reason": failure.reason, "error": str(failure),
+                         "flags": [failure.reason], "warnings": [],
+                         "crop": None if failure.crop_box is None else _crop_report(
+                             failure.crop_box, volume, predictor.margin_mm, predictor.min_crop_mm),
+                         "outputs": {key: p.name for key, p in listed.items()}, "volumes_row": row})
+        _write_json(metadata, paths["metadata"])
+    update_volumes_table(out_dir, row)
+    return CaseOutputs(name, Path(volume.path), "failed", listed, metadata, None, [failure.reason])
+
+
+def write_error_outputs(path: Path | str, reason: str, message: str, out_dir: Path | str,
+                        predictor: DentatePredictor | None = None, *, overwrite: bool = True) -> CaseOutputs:
+    """Record an input that failed for any other reason (unreadable file, an unexpected error in one case):
+    ``X_metadata.json`` with ``status: failed``, ``failure_reason`` and ``error``, and a ``failed`` row."""
+    out_dir = Path(out_dir)
+    name = case_name(path)
+    paths = case_output_paths(out_dir, name)
+    listed = {"metadata": paths["metadata"]}
+    row = {"case": name, "input": str(Path(path).resolve()), "status": "failed", "qc_status": QC_FAILED,
+           "flags": reason, "seg": ""}
+    metadata = {"case": name, "input": row["input"],
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "status": "failed", "failure_reason": reason, "error": message, "flags": [reason], "warnings": [],
+                "models": models_section(predictor), "versions": package_versions(),
+                "outputs": {key: p.name for key, p in listed.items()}, "volumes_row": row}
+    with _case_transaction(out_dir, name, overwrite):
+        _write_json(metadata, paths["metadata"])
+    update_volumes_table(out_dir, row)
+    return CaseOutputs(name, Path(path), "failed", listed, metadata, None, [reason])
 
 
 def save_overlay_png(image: Volume, labels: np.ndarray, path: Path | str, title: str = "") -> Path:
@@ -364,7 +614,9 @@ def save_overlay_png(image: Volume, labels: np.ndarray, path: Path | str, title:
         ax.text(0.98, 0.5, hi, transform=ax.transAxes, color="yellow", fontsize=11, va="center", ha="right")
     fig.suptitle(title or "DN overlay (red = left, blue = right)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -20,7 +20,9 @@ Failure is loud, never a silent empty mask:
 * Results that exist but need a human look carry ``flags`` (``status == "flagged"``):
   ``left_dn_empty`` / ``right_dn_empty``, ``cerebellum_touches_fov:<faces>`` (the localized region reaches
   the image border, the crop may miss part of the cerebellum), ``dn_touches_crop_border:<faces>``,
-  ``dn_same_hemisphere`` (both DN centroids on one side of the cerebellar midline).
+  ``dn_same_hemisphere`` (both DN centroids on one side of the cerebellar midline),
+  ``nonfinite_voxels_in_dn:<n>`` (NaN/inf voxels inside the DN: counted per side in the statistics as
+  ``<side>_nonfinite_voxels`` and excluded from the mean susceptibility).
 * Plausibility QC after post-processing (:mod:`dentate_research.inference.qc`, thresholds
   ``DentatePredictor.qc_thresholds``) adds flags for a DN volume outside 250-2500 mm^3, a left/right volume ratio
   above 2, a DN centroid too close to or too far from the cerebellar midline, outside the cerebellar mask's box or
@@ -137,7 +139,7 @@ class SegmentationResult:
 def volume_from_array(array: np.ndarray, affine: np.ndarray, path: Path | None = None) -> Volume:
     """Wrap a 3D array with its voxel-to-world affine (any orientation) as a canonical-RAS Volume.
 
-    NaN/inf are set to 0 as in :func:`dentate_research.data.io.load_image`.
+    NaN/inf are set to 0 and remembered in ``Volume.nonfinite``, as in :func:`dentate_research.data.io.load_image`.
     """
     array = np.asarray(array)
     affine = np.asarray(affine, dtype=float)
@@ -152,7 +154,8 @@ def volume_from_array(array: np.ndarray, affine: np.ndarray, path: Path | None =
     if not finite.any():
         raise DataError("array contains no finite voxel (all NaN/inf)")
     data = np.where(finite, data, 0.0).astype(np.float32)
-    return Volume(data, canonical.affine.copy(), path, affine.copy(), tuple(array.shape))
+    return Volume(data, canonical.affine.copy(), path, affine.copy(), tuple(array.shape),
+                  nonfinite=None if finite.all() else ~finite)
 
 
 def _card_spacing(card: Any) -> np.ndarray | None:
@@ -186,10 +189,12 @@ class DentatePredictor:
         min_crop_mm: minimal crop size per axis in mm; default: one segmentation patch in mm.
 
     ``qc_thresholds`` (a :class:`~dentate_research.inference.qc.QCThresholds`, documented defaults) sets the
-    plausibility checks; assign another instance to change them.
+    plausibility checks; assign another instance to change them. ``model_info`` (a dict, e.g. ``model_dir``,
+    ``source``, ``card_name``; set by ``segment``) is copied into the ``models`` section of every metadata JSON.
     """
 
     qc_thresholds: QCThresholds = QCThresholds()
+    model_info: dict[str, Any] | None = None
 
     def __init__(self, localizer_dir: Path | str, segmenter_dir: Path | str, device: str = "cpu",
                  margin_mm: float | None = None, min_crop_mm: tuple[float, float, float] | None = None):
@@ -227,8 +232,8 @@ class DentatePredictor:
         if margin_mm is None:
             margin_mm = card_value(localizer.card, "crop_margin_mm")
         self.margin_mm = float(DEFAULT_MARGIN_MM if margin_mm is None else margin_mm)
-        if self.margin_mm < 0:
-            raise ValueError(f"margin_mm must be >= 0 mm, got {self.margin_mm}")
+        if not np.isfinite(self.margin_mm) or self.margin_mm < 0:
+            raise ValueError(f"margin_mm must be a finite number >= 0 mm, got {self.margin_mm}")
         self.min_crop_mm = tuple(min_crop_mm) if min_crop_mm is not None else default_min_crop_mm(segmenter.card)
 
     def _localize(self, volume: Volume) -> Localization:
@@ -251,6 +256,8 @@ class DentatePredictor:
         Returns the written :class:`~dentate_research.inference.outputs.CaseOutputs`. Raises ``FileExistsError``
         (before any computation) if outputs exist and ``overwrite`` is False, ``DataError`` for bad input and
         :class:`SegmentationError` after writing ``X_metadata.json`` (status ``failed``) and the volumes row.
+        Files are written atomically, the metadata record last; an error or interruption while writing removes
+        this case's files again (see :mod:`dentate_research.inference.outputs`).
         """
         from .outputs import check_outputs_free, write_case_outputs, write_failure_outputs
 
@@ -337,7 +344,11 @@ class DentatePredictor:
             if n:
                 warnings.append(f"{side} DN: removed {n} voxels outside the largest connected component")
         labels = uncrop(cropped_labels, box, volume.shape)
-        stats = side_statistics(cropped_labels, cropped.array, cropped.spacing)
+        nonfinite = None if volume.nonfinite is None else volume.nonfinite[box.slices]
+        stats = side_statistics(cropped_labels, cropped.array, cropped.spacing, nonfinite=nonfinite)
+        n_nonfinite = int(stats["left_nonfinite_voxels"] or 0) + int(stats["right_nonfinite_voxels"] or 0)
+        if n_nonfinite:  # NaN/inf inside the DN: excluded from the mean susceptibility, but a human must look
+            flags.append(f"nonfinite_voxels_in_dn:{n_nonfinite}")
         timings["postprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
