@@ -137,3 +137,49 @@ def test_plain_folder_with_pattern_and_one_site(tmp_path):
 def test_parse_entities():
     assert parse_entities(Path("sub-01_ses-2_acq-fast_run-1_Chimap.nii.gz")) == {
         "sub": "01", "ses": "2", "acq": "fast", "run": "1"}
+
+
+# ------------------------------------------------------------------ BIDS derivatives out
+
+def _fake_segment_output(out: Path, image: Path, status: str, labels: np.ndarray, affine: np.ndarray) -> None:
+    """What `segment` leaves for one input: OUT/X/X_seg.nii.gz and OUT/X/X_metadata.json."""
+    name = image.name.replace(".nii.gz", "")
+    folder = out / name
+    outputs = {"metadata": f"{name}_metadata.json"}
+    if status != "failed":
+        save_nifti(labels, affine, folder / f"{name}_seg.nii.gz", is_label=True)
+        outputs["seg"] = f"{name}_seg.nii.gz"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"case": name, "input": str(image), "status": status, "flags": [] if status == "ok" else ["x"],
+              "statistics": {"left_volume_mm3": 900.0, "right_volume_mm3": 850.0,
+                             "left_mean_susceptibility_ppm": 0.1, "right_mean_susceptibility_ppm": 0.11},
+              "qc": {"qc_status": "pass"} if status == "ok" else {}, "outputs": outputs,
+              "models": {"source": "shipped", "card_name": "default"}}
+    if status == "failed":
+        record["failure_reason"] = "no_cerebellum"
+    (folder / outputs["metadata"]).write_text(json.dumps(record))
+
+
+def test_bids_derivatives_dataset_and_group_table(tmp_path):
+    from dentate_research.inference.bids_derivatives import export_bids_derivatives
+
+    root = make_bids(tmp_path / "bids")
+    seg_out = tmp_path / "segment"
+    images = sorted(root.rglob("*_Chimap.nii.gz"))
+    for image, status in zip(images, ("ok", "flagged", "failed"), strict=True):
+        _, labels, affine = _scan(1)
+        _fake_segment_output(seg_out, image, status, labels, affine)
+    table_path = export_bids_derivatives(seg_out, tmp_path / "deriv")
+    deriv = tmp_path / "deriv"
+    description = json.loads((deriv / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "dentate_research"
+    assert (deriv / "desc-dentate_dseg.tsv").read_text().splitlines()[2] == "1\tleft dentate nucleus\tDN_L"
+    dseg = deriv / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-dentate_dseg.nii.gz"
+    assert dseg.exists() and json.loads(dseg.with_name("sub-01_ses-1_desc-dentate_dseg.json").read_text())[
+        "QCStatus"] == "pass"
+    assert not list((deriv / "sub-02").rglob("*.nii.gz"))  # the failed scan has no dseg, only a table row
+    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
+    assert table["scan"].tolist() == ["sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-1"]
+    assert table["status"].tolist() == ["ok", "flagged", "failed"]
+    assert table["age"].tolist() == ["34", "34", "12"] and table["site"].tolist() == ["clinicA", "clinicA", "clinicB"]
+    assert table.loc[2, "failure_reason"] == "no_cerebellum" and table.loc[0, "left_volume_mm3"] == "900.0"

@@ -51,6 +51,7 @@ class LoopSettings:
     patience: int | None = None  # early stop after this many validations without improvement (None: off)
     min_delta: float = 0.0  # improvement of the selection score that resets the patience counter
     max_minutes: float | None = None  # wall-clock budget of the training loop (None: off)
+    init_checkpoint: str | None = None  # fine-tuning: start from these weights (training.finetune)
 
     def __post_init__(self) -> None:
         if self.patience is not None and int(self.patience) < 1:
@@ -142,6 +143,8 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
         wall_offset, since_best = float(state.get("wall_time_s", 0.0)), int(state.get("since_best", 0))
         sampler.rng = np.random.default_rng([seed, start_epoch])
         logger.load_existing()
+    elif loop.init_checkpoint:  # fine-tuning: the network starts from a trained model, optimizer and LR fresh
+        network.load_state_dict(torch.load(loop.init_checkpoint, map_location=device, weights_only=False)["model"])
 
     def predict(sample: StageSample) -> np.ndarray:
         probs = predict_probabilities(network, sample.image, inferer, device, 0, lateralized, use_amp)
