@@ -183,3 +183,31 @@ def test_bids_derivatives_dataset_and_group_table(tmp_path):
     assert table["status"].tolist() == ["ok", "flagged", "failed"]
     assert table["age"].tolist() == ["34", "34", "12"] and table["site"].tolist() == ["clinicA", "clinicA", "clinicB"]
     assert table.loc[2, "failure_reason"] == "no_cerebellum" and table.loc[0, "left_volume_mm3"] == "900.0"
+
+
+def test_segment_bids_dataset_to_bids_derivatives(tmp_path_factory, tmp_path, capsys):
+    """`segment -i BIDS_ROOT --bids-out DIR`: the Chimap maps of every session are segmented (and nothing else in
+    the tree), the derivatives hold one dseg per scan and the group table carries participants.tsv's columns."""
+    from inference_helpers import toy_scan, trained_toy_model
+
+    model = trained_toy_model(tmp_path_factory.mktemp("bids_model"))
+    root = tmp_path / "bids"
+    for i, (sub, ses) in enumerate((("01", "1"), ("01", "2"), ("02", "1"))):
+        image, labels, _, affine = toy_scan(200 + i)
+        anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+        save_nifti(image, affine, anat / f"sub-{sub}_ses-{ses}_Chimap.nii.gz")
+        save_nifti(image, affine, anat / f"sub-{sub}_ses-{ses}_T1w.nii.gz")  # not a QSM map: must be ignored
+    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "age": [30, 12], "site": ["A", "B"]}).to_csv(
+        root / "participants.tsv", sep="\t", index=False)
+    deriv = tmp_path / "deriv"
+    code = main(["segment", "-i", str(root), "-o", str(tmp_path / "seg"), "--model", str(model),
+                 "--bids-out", str(deriv), "--no-overlay"])
+    assert code in (0, 4), capsys.readouterr().err
+    table = pd.read_csv(deriv / "dentate_volumes.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert table["scan"].tolist() == ["sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-1"]
+    assert table["age"].tolist() == ["30", "30", "12"] and set(table["status"]) <= {"ok", "flagged"}
+    for scan, sub, ses in (("sub-01_ses-2", "01", "2"), ("sub-02_ses-1", "02", "1")):
+        dseg = deriv / f"sub-{sub}" / f"ses-{ses}" / "anat" / f"{scan}_desc-dentate_dseg.nii.gz"
+        labels = load_label(dseg)
+        assert check_sides(labels.array, labels.affine)["sides_consistent"] is True
+    assert not (tmp_path / "seg" / "sub-01_ses-1_T1w").exists()

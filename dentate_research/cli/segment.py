@@ -119,13 +119,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted batch: skip complete cases, delete and redo partial ones")
     parser.add_argument("--no-overlay", action="store_true", help="do not write the X_overlay.png quick look")
+    parser.add_argument("--bids-out", type=Path, default=None, metavar="DIR",
+                        help="also write the results as a BIDS derivatives dataset (dseg + sidecar JSON with QC per "
+                             "scan, dataset_description.json, DIR/dentate_volumes.tsv joined with participants.tsv); "
+                             "it holds every finished case of OUT_DIR")
+    parser.add_argument("--participants", type=Path, default=None, metavar="TSV",
+                        help="participants.tsv to join into the --bids-out group table (default: found in the "
+                             "BIDS dataset of the inputs)")
+    parser.add_argument("--suffix", default="Chimap",
+                        help="BIDS suffix of the QSM maps when an input folder is a BIDS dataset (default Chimap)")
 
 
-def collect_inputs(paths: list[Path]) -> list[Path]:
-    """Expand folders to their .nii/.nii.gz files (sorted); check files exist and are NIfTI by name."""
+def collect_inputs(paths: list[Path], bids_suffix: str = "Chimap") -> list[Path]:
+    """Expand folders to their .nii/.nii.gz files (sorted); a BIDS dataset folder (``sub-*`` folders or a
+    dataset_description.json) to its ``*_<bids_suffix>`` maps; check files exist and are NIfTI by name."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if path.is_dir() and ((path / "dataset_description.json").is_file() or any(path.glob("sub-*/"))):
+            from dentate_research.data.bids import find_maps
+
+            files.extend(m.path for m in find_maps(path, suffix=bids_suffix))
+        elif path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
             if not found:
                 raise DataError(f"{path}: folder contains no .nii or .nii.gz file")
@@ -270,8 +284,13 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     created = not out.exists()
     try:
-        inputs = collect_inputs(list(args.input))
+        inputs = collect_inputs(list(args.input), getattr(args, "suffix", "Chimap"))
         check_output_location(out)
+        bids_out = getattr(args, "bids_out", None)
+        if bids_out is not None and bids_out.exists() and not bids_out.is_dir():
+            raise DataError(f"--bids-out {bids_out}: exists and is not a folder")
+        if getattr(args, "participants", None) is not None and not args.participants.is_file():
+            raise DataError(f"--participants {args.participants}: file not found")
         states = check_outputs_free(out, inputs, overwrite=args.overwrite, resume=args.resume)
         model = _select_model(args)
         if args.device == "cuda":
@@ -369,6 +388,13 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
         current = None
         try:
             rebuild_volumes_table(out)
+            if getattr(args, "bids_out", None) is not None:
+                from dentate_research.inference.bids_derivatives import export_bids_derivatives
+
+                table = export_bids_derivatives(out, args.bids_out, participants=args.participants,
+                                                model_name=str(getattr(predictor, "model_info", {}).get("card_name")
+                                                               or ""))
+                print(f"BIDS derivatives: {args.bids_out}/ (group table {table})", file=sys.stderr)
         except (DataError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             codes.append(EXIT_BAD_INPUT)
