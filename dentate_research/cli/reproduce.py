@@ -4,9 +4,17 @@
     python -m dentate_research reproduce experiment=cpu       # the committed experiments/cpu tables
     python -m dentate_research reproduce experiment=paper device=cuda data.manifest=/data/manifest.tsv
     python -m dentate_research reproduce studies=[cohort,reliability]
+    python -m dentate_research reproduce experiment=paper device=cuda hydra/launcher=slurm hydra.launcher.partition=gpu
+    python -m dentate_research reproduce hydra/launcher=submitit_local      # the runs as parallel local jobs
 
 Hydra overrides select the preset (``configs/reproduce/experiment/*.yaml``) and change any leaf. Training runs
 are composed from ``configs/train.yaml`` with the preset's ``train_overrides``.
+
+``hydra/launcher=submitit_local|slurm`` (and ``hydra.launcher.KEY=VALUE``, the launchers of ``train -m``,
+``configs/hydra/launcher/``): every training run the studies need is submitted as its own job first (a finished run
+in the work folder is reused), the command waits for the jobs, gathers the run folders and then evaluates and
+writes the tables here. Job logs: ``<work folder>/jobs/`` (``hydra.launcher.submitit_folder`` to change). Without
+a launcher (or ``hydra/launcher=basic``) every run is trained in this process, one after the other.
 """
 
 from __future__ import annotations
@@ -52,6 +60,19 @@ def settings_from_config(cfg, command: str = ""):
         device=str(cfg.device), seed=int(cfg.seed), reuse_runs=bool(cfg.reuse_runs), command=command)
 
 
+def make_launcher(launcher_args: list[str], work_dir: Path, name: str):
+    """A JobLauncher for ``hydra/launcher=...`` overrides (None for the basic, in-process launcher); job logs in
+    ``work_dir/jobs`` unless ``hydra.launcher.submitit_folder`` is given."""
+    from dentate_research.training.launch import JobLauncher, cluster_of, launcher_config
+
+    launcher_cfg = launcher_config(launcher_args)
+    if cluster_of(launcher_cfg) is None:
+        return None
+    explicit_folder = any(a.lstrip("+").startswith("hydra.launcher.submitit_folder=") for a in launcher_args)
+    folder = None if explicit_folder else Path(work_dir).resolve() / "jobs" / "%j"
+    return JobLauncher(launcher_cfg, folder, name=f"dentate_reproduce_{name}")
+
+
 def run_hydra(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         presets = sorted(p.stem for p in (CONFIG_DIR / "reproduce" / "experiment").glob("*.yaml"))
@@ -60,17 +81,28 @@ def run_hydra(argv: list[str]) -> int:
         return 0
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
+    from dentate_research.training.launch import is_launcher_override
+
+    launcher_args = [a for a in argv if is_launcher_override(a)]
+    study_args = [a for a in argv if not is_launcher_override(a)]
     try:
-        cfg = _compose(CONFIG_DIR / "reproduce", "reproduce", argv)
+        cfg = _compose(CONFIG_DIR / "reproduce", "reproduce", study_args)
         settings = settings_from_config(cfg, "python -m dentate_research reproduce " + " ".join(argv))
-    except (HydraException, ValueError) as exc:
+        launcher = make_launcher(launcher_args, settings.work_dir, settings.name) if launcher_args else None
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(OmegaConf.to_yaml(cfg))
     from dentate_research.studies import run_studies
+    from dentate_research.training.launch import JobsFailedError
 
-    written = run_studies(settings, compose_train_config)
+    try:
+        written = run_studies(settings, compose_train_config, launcher)
+    except JobsFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {len(written)} tables to {settings.out_dir}:")
     for study, path in written.items():
         print(f"  {study:<14} {path}")

@@ -6,6 +6,9 @@ Examples::
     python -m dentate_research train +arch=unet stage=localization trainer=smoke logger=none
     python -m dentate_research train -m experiment=benchmark_small +arch=unet,segresnet,nnunet
     python -m dentate_research train -m hydra/launcher=slurm +arch=unetr,swin_unetr trainer=paper
+    python -m dentate_research train -m hydra/launcher=slurm hydra.launcher.partition=gpu +arch=unet split.fold=0,1 \
+        dry_run=true                                   # print the jobs and the sbatch script, submit nothing
+    torchrun --nproc_per_node=2 -m dentate_research train +arch=unet trainer.devices=2   # DDP, 2 processes
 
 ``+arch`` is required (the group has no default); ``arch=NAME`` without the plus is accepted too.
 
@@ -14,6 +17,12 @@ Hydra writes anything into it, unless ``trainer.resume=true`` (which needs a che
 in the same second get distinct folders (``<timestamp>``, ``<timestamp>_2``, ...). Config and data errors (unknown
 fold, patch size not divisible, manifest or split file not found, ...) end with exit 2 and one line naming the key,
 the value and what is allowed, without a traceback and without leaving a run folder behind.
+
+Launchers (README "Scaling out"): ``hydra/launcher=submitit_local`` runs every job of a sweep as its own process,
+``hydra/launcher=slurm`` as a Slurm job array (``configs/hydra/launcher/slurm.yaml``: partition, GPUs, time, memory,
+array parallelism). ``dry_run=true`` composes every job, prints it (and, for Slurm, the sbatch script submitit would
+submit) and neither trains nor submits. Under torchrun (``trainer.devices=N``) every rank runs this verb; rank 0
+alone checks and writes the run folder (:mod:`dentate_research.training.distributed`).
 """
 
 from __future__ import annotations
@@ -42,6 +51,54 @@ def missing_arch_message() -> str:
 _RUN_DIR_KEYS = ("hydra.run.dir", "paths.run_dir")
 _UNIQUE_OFF_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "paths.run_dir")
 _RESUME = re.compile(r"^\+{0,2}trainer\.resume=(?i:true|1|yes)$")
+_DRY_RUN = re.compile(r"^\+{0,2}dry_run=(?i:true|1|yes)$")
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def dry_run(argv: list[str], multirun: bool) -> int:
+    """Compose every job of ``argv`` (a sweep with ``-m``), print it and, for ``hydra/launcher=slurm``, the sbatch
+    script submitit would submit for the whole sweep; nothing is trained or submitted."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dentate_research.training.launch import cluster_of, make_executor, sbatch_script
+
+    overrides = [a for a in argv if a not in ("-m", "--multirun") and not _DRY_RUN.match(a)]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if multirun:
+        jobs = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    else:
+        jobs = [overrides]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfgs = [compose(config_name="train", overrides=[*job, "hydra.job.name=train"], return_hydra_config=True)
+                for job in jobs]
+    GlobalHydra.instance().clear()
+    from omegaconf import OmegaConf
+
+    launcher = OmegaConf.to_container(cfgs[0].hydra.launcher, resolve=True)
+    cluster = cluster_of(launcher)
+    where = {None: "in this process, one after the other", "local": "as local submitit jobs",
+             "slurm": "as a Slurm job array"}[cluster]
+    print(f"[train] dry run: {len(jobs)} job(s) {where}; nothing is trained or submitted")
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    for i, (job, cfg) in enumerate(zip(jobs, cfgs, strict=True)):
+        varying = [a for a in job if a.split("=", 1)[0] in swept] or ["(no sweep)"]
+        print(f"  #{i}: {' '.join(varying)}  ->  {cfg.stage.name} / {cfg.arch.name}, trainer.devices="
+              f"{cfg.trainer.get('devices', 1)}")
+    if cluster == "slurm":
+        executor = make_executor(launcher, dry_run=True)
+        print(f"[train] sbatch script (submitit {executor.folder}):")
+        print(sbatch_script(executor, len(jobs)))
+    return 0
 
 
 def _override(argv: list[str], key: str) -> str | None:
@@ -90,8 +147,18 @@ def run_hydra(argv: list[str]) -> int:
                 return 2
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    if any(_DRY_RUN.match(a) for a in argv) and not any(a in _INFO_FLAGS for a in argv):
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return dry_run(argv, multirun)
+        except (HydraException, OmegaConfBaseException, ValueError) as exc:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
     resume = any(_RESUME.match(a) for a in argv)
-    if not multirun and not resume and not any(a in _INFO_FLAGS for a in argv):
+    # under torchrun only rank 0 checks: the other ranks may start after rank 0 has begun writing the folder
+    if not multirun and not resume and _rank() == 0 and not any(a in _INFO_FLAGS for a in argv):
         for key in _RUN_DIR_KEYS:  # before Hydra writes its .hydra/ files into an existing run
             value = _override(argv, key)
             if value:
@@ -110,6 +177,8 @@ def run_hydra(argv: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
     def _train(cfg: DictConfig) -> None:
+        import os
+
         from hydra.core.hydra_config import HydraConfig
 
         from dentate_research.training.api import train_stage
@@ -126,8 +195,13 @@ def run_hydra(argv: list[str]) -> int:
             failures.append(_one_line(exc))
             print(f"error: {failures[-1]}", file=sys.stderr)
             remove_if_only_hydra(output_dir)
+            if os.environ.get("SUBMITIT_EXECUTOR"):  # a launcher's job: fail it, so that the sweep reports it
+                raise
             return
-        print(f"[train] finished: {run_dir}")
+        if output_dir.resolve() != run_dir.resolve():  # e.g. a torchrun rank > 0 whose Hydra folder got a
+            remove_if_only_hydra(output_dir)  # later timestamp than rank 0's run folder
+        if _rank() == 0:
+            print(f"[train] finished: {run_dir}")
 
     saved = sys.argv
     sys.argv = ["python -m dentate_research train", *argv]

@@ -16,6 +16,12 @@ T6     unseen sites (leave one site out): localizer and segmenter retrained with
 
 Every training run is a real :func:`dentate_research.training.train_stage` call; completed runs in the work
 folder are reused (their ``model.json`` proves completion) so that a study can be resumed.
+
+Fan-out (``reproduce ... hydra/launcher=slurm|submitit_local``): with a
+:class:`~dentate_research.training.launch.JobLauncher`, :meth:`StudyRunner.launch_runs` first lists every training
+run the selected studies need (:meth:`StudyRunner.planned_runs`), submits the ones not finished yet as one job each
+(localizers first when segmenters train on their crops), waits and gathers the run folders; the studies then find
+every run finished. Without a launcher (the default) runs are trained in this process when a study needs them.
 """
 
 from __future__ import annotations
@@ -154,28 +160,45 @@ class StudyRunner:
                              f"{self.s.test_fraction} of {len(self.cases)} scans); raise test_fraction or add data")
         return [get(i) for i in split.train], [get(i) for i in split.val], [get(i) for i in split.test]
 
-    def train(self, stage: str, arch: str, fold: str) -> Path:
-        """Train (or reuse) one stage on one fold; returns the run directory."""
+    def run_dir(self, stage: str, arch: str, fold: str) -> Path:
+        """The work-folder run directory of one stage / architecture / fold."""
+        return (self.s.work_dir / "runs" / f"{stage}_{arch}_{fold.replace(':', '-')}").resolve()
+
+    @staticmethod
+    def run_finished(run_dir: Path) -> bool:
+        return (run_dir / "model.json").exists() and (run_dir / "run_info.json").exists()
+
+    def train_overrides(self, stage: str, arch: str, fold: str, localizer_run: Path | None = None) -> list[str]:
+        """The ``configs/train.yaml`` overrides of one run (``localizer_run``: the crops' localizer, if any)."""
         s = self.s
-        run_dir = (s.work_dir / "runs" / f"{stage}_{arch}_{fold.replace(':', '-')}").resolve()
-        key = f"{stage}/{arch}/{fold}"
-        if s.reuse_runs and (run_dir / "model.json").exists() and (run_dir / "run_info.json").exists():
-            self.runs[key] = {"run_dir": str(run_dir), "reused": True}
-            return run_dir
         overrides = [*s.train_overrides, f"stage={stage}", f"+arch={arch}",
                      f"data.manifest={self.manifest}", f"data.root={self.manifest.parent}",
                      "data.generate_if_missing=null", f"data.label_rater={s.rater}",
                      "split=cv", f"split.file={self.split_file}", f"split.fold='{fold}'",
-                     "split.create_if_missing=false", f"paths.run_dir={run_dir}", f"seed={s.seed}",
-                     f"trainer.device={s.device}", "trainer.resume=false"]
+                     "split.create_if_missing=false", f"paths.run_dir={self.run_dir(stage, arch, fold)}",
+                     f"seed={s.seed}", f"trainer.device={s.device}", "trainer.resume=false"]
         if stage == "localization":
             overrides += list(s.localizer_overrides)
         else:
             overrides += list(s.arch_overrides.get(arch, []))
-            if s.crops_from_localizer:  # train and validate on the crops this fold's localizer makes at inference
-                loc_dir = self.train("localization", s.localizer_arch, fold)
-                overrides += ["stage.crop.source=localizer", f"stage.crop.localizer_run={loc_dir}"]
-        cfg = self.compose(overrides)
+            if localizer_run is not None:  # train and validate on the crops this fold's localizer makes at inference
+                overrides += ["stage.crop.source=localizer", f"stage.crop.localizer_run={localizer_run}"]
+        return overrides
+
+    def train(self, stage: str, arch: str, fold: str) -> Path:
+        """Train (or reuse) one stage on one fold; returns the run directory."""
+        s = self.s
+        run_dir = self.run_dir(stage, arch, fold)
+        key = f"{stage}/{arch}/{fold}"
+        if self.runs.get(key, {}).get("launcher"):  # trained by a job of this invocation (launch_runs)
+            return run_dir
+        if s.reuse_runs and self.run_finished(run_dir):
+            self.runs[key] = {"run_dir": str(run_dir), "reused": True}
+            return run_dir
+        loc_dir = None
+        if stage == "segmentation" and s.crops_from_localizer:
+            loc_dir = self.train("localization", s.localizer_arch, fold)
+        cfg = self.compose(self.train_overrides(stage, arch, fold, loc_dir))
         from ..training import train_stage
 
         t0 = time.perf_counter()
@@ -186,6 +209,74 @@ class StudyRunner:
         train_stage(cfg)
         self.runs[key] = {"run_dir": str(run_dir), "reused": False, "seconds": time.perf_counter() - t0}
         return run_dir
+
+    # ------------------------------------------------------------------ fan-out through a launcher
+    def planned_runs(self) -> list[tuple[str, str, str]]:
+        """(stage, arch, fold) of every training run the selected studies use, localizers before segmenters."""
+        s = self.s
+        runs: list[tuple[str, str, str]] = []
+
+        def add(stage: str, arch: str, fold: str) -> None:
+            if stage == "segmentation" and s.crops_from_localizer:
+                add("localization", s.localizer_arch, fold)
+            if (stage, arch, fold) not in runs:
+                runs.append((stage, arch, fold))
+
+        for study in s.studies:
+            if study in ("architectures", "two_step", "external"):
+                add("localization", s.localizer_arch, "0")
+                for arch in (s.architectures if study == "architectures" else [s.pipeline_arch]):
+                    add("segmentation", arch, "0")
+            elif study == "loso":
+                for site in s.loso_sites or list(self.splits["development_sites"]):
+                    add("localization", s.localizer_arch, f"loso:{site}")
+                    add("segmentation", s.pipeline_arch, f"loso:{site}")
+        return runs
+
+    def launch_runs(self, launcher: Any) -> list[str]:
+        """Train every planned run that is not finished as its own job through ``launcher`` (a
+        :class:`~dentate_research.training.launch.JobLauncher`), wait and gather; returns the keys of the jobs run.
+
+        A finished run is reused (``reuse_runs``), an interrupted one is started again from scratch. Localizers
+        go first when segmenters train on their crops (``crops_from_localizer``), the rest in one batch.
+        """
+        import shutil
+
+        s = self.s
+        planned = self.planned_runs()
+        if s.crops_from_localizer:
+            waves = [[r for r in planned if r[0] == "localization"], [r for r in planned if r[0] != "localization"]]
+        else:
+            waves = [planned]
+        launched: list[str] = []
+        for wave in waves:
+            keys, configs = [], []
+            for stage, arch, fold in wave:
+                key, run_dir = f"{stage}/{arch}/{fold}", self.run_dir(stage, arch, fold)
+                if s.reuse_runs and self.run_finished(run_dir):
+                    self.runs[key] = {"run_dir": str(run_dir), "reused": True}
+                    continue
+                loc_dir = (self.run_dir("localization", s.localizer_arch, fold)
+                           if stage == "segmentation" and s.crops_from_localizer else None)
+                from omegaconf import OmegaConf
+
+                configs.append(OmegaConf.to_container(self.compose(self.train_overrides(stage, arch, fold, loc_dir)),
+                                                      resolve=True))
+                keys.append(key)
+                if run_dir.exists():  # an interrupted run: start it again from scratch
+                    shutil.rmtree(run_dir)
+            if not configs:
+                continue
+            print(f"[reproduce] {len(configs)} training run(s) as {launcher.cluster} jobs (logs in "
+                  f"{launcher.folder.parent}): {', '.join(keys)}", flush=True)
+            t0 = time.perf_counter()
+            results = launcher.run(configs, keys)
+            for key, result in zip(keys, results, strict=True):
+                self.runs[key] = {"run_dir": result["run_dir"], "reused": False, "seconds": result["seconds"],
+                                  "launcher": launcher.cluster, "job_id": result["job_id"], "host": result["host"]}
+            self.timeline.append({"study": f"launch ({len(keys)} jobs)", "seconds": round(time.perf_counter() - t0, 1)})
+            launched += keys
+        return launched
 
     # ------------------------------------------------------------------ helpers
     def _predictor(self, loc_dir: Path, seg_dir: Path):
@@ -475,10 +566,13 @@ class StudyRunner:
             dice_by_site_plot(part, self.fig_dir / f"{name}_dice_by_site_{slug}.png", title=f"{name}: {method}")
 
     # ------------------------------------------------------------------ all
-    def run(self) -> dict[str, Path]:
+    def run(self, launcher: Any = None) -> dict[str, Path]:
+        """Run the selected studies; with ``launcher`` the training runs are jobs first (:meth:`launch_runs`)."""
         t_start = time.perf_counter()
         self.s.out_dir.mkdir(parents=True, exist_ok=True)
         self.prepare_data()
+        if launcher is not None:
+            self.launch_runs(launcher)
         written: dict[str, Path] = {}
         for study in self.s.studies:
             t0 = time.perf_counter()
@@ -543,11 +637,13 @@ def _comparison_lines(comp: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def run_studies(settings: StudySettings, compose_train_cfg: ComposeFn) -> dict[str, Path]:
-    """Run the selected studies; returns {study: table path}. See the module docstring."""
+def run_studies(settings: StudySettings, compose_train_cfg: ComposeFn, launcher: Any = None) -> dict[str, Path]:
+    """Run the selected studies; returns {study: table path}. ``launcher``: a
+    :class:`~dentate_research.training.launch.JobLauncher` to train the runs as jobs (None: in this process).
+    See the module docstring."""
     if not settings.command:
         settings.command = "python -m dentate_research " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return StudyRunner(settings, compose_train_cfg).run()
+    return StudyRunner(settings, compose_train_cfg).run(launcher)
 
 
 __all__ = ["PAPER", "STUDIES", "StudyRunner", "StudySettings", "run_studies"]

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..data.io import DataError
 from ..data.manifest import Case, read_manifest
 from ..models import available_architectures, get_arch, validate_patch_size
-from .artifacts import ModelCard, load_stage_model, plot_training_curve, resolve_device, write_run_info
+from .artifacts import ModelCard, load_stage_model, plot_training_curve, write_run_info
 from .augmentation import AugmentationSettings
 from .crops import min_crop_from_patch
+from .distributed import DistContext, setup_distributed
 from .finetune import apply_init_from
 from .inferer import InfererSettings
 from .loggers import RunLogger
@@ -149,6 +150,10 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
     another run unless ``trainer.resume=true`` (which needs its checkpoint); config and data are checked before
     the folder is created, so a run that fails on them leaves no folder behind. ``unique_run_dir`` (default: True
     without ``paths.run_dir``): a folder already claimed by another run gives way to ``<folder>_2``, ``_3``, ...
+
+    Several processes (``trainer.devices=N``, started by torchrun or a launcher with N tasks; :mod:`.distributed`):
+    every rank calls ``train_stage`` with the same config; rank 0 checks and claims the run folder and tells the
+    others, rank 0 alone writes into it, and every rank returns the run folder once rank 0 has finished it.
     """
     t_start = time.perf_counter()
     cfg = _as_config(cfg)
@@ -164,7 +169,31 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
         validate_patch_size(arch, patch_size, arch_kwargs)  # early, before any data is read
     except ValueError as exc:
         raise DataError(f"stage.patch_size={patch_size}: {exc}") from exc
-    device = resolve_device(str(cfg.trainer.device))
+    tr = cfg.trainer
+    devices = int(tr.get("devices") or 1)
+    if spec.framework == "nnunet" and devices > 1 and not _cuda_requested(str(tr.device)):
+        raise DataError(f"trainer.devices={devices} with arch=nnunet: nnU-Net's own multi-GPU training (DDP) is "
+                        "CUDA-only (nnU-Net asserts it); use trainer.device=cuda on GPUs, or trainer.devices=1 on a "
+                        "CPU")
+    dist, device = setup_distributed(devices, str(tr.device), str(tr.get("dist_backend") or "auto"),
+                                     float(tr.get("dist_timeout_min") or 60.0))
+    try:
+        return _train_stage(cfg, unique_run_dir, dist, device, t_start)
+    finally:
+        dist.close()
+
+
+def _cuda_requested(device_name: str) -> bool:
+    return device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+
+
+def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext, device: torch.device,
+                 t_start: float) -> Path:
+    """The body of :func:`train_stage` once the config is checked and the process group (if any) joined."""
+    stage, arch = str(cfg.stage.name), str(cfg.arch.name)
+    spec = get_arch(arch)
+    arch_kwargs = OmegaConf.to_container(cfg.arch.get("kwargs") or {}, resolve=True)
+    patch_size = [int(p) for p in cfg.stage.patch_size]
     if cfg.trainer.get("num_threads"):
         torch.set_num_threads(int(cfg.trainer.num_threads))
     seed = int(cfg.seed)
@@ -177,13 +206,15 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
     run_dir = run_dir.expanduser().resolve()
     resume = bool(cfg.trainer.get("resume", False))
     unique = (not explicit_run_dir) if unique_run_dir is None else unique_run_dir
-    if resume or not unique:  # before any data is read: another run's folder is never overwritten
+    if (resume or not unique) and dist.is_main:  # before any data is read: no other run's folder is overwritten
         check_run_dir(run_dir, resume=resume)
 
     # data, split and stage samples (identical for every architecture)
     t0 = time.perf_counter()
-    cases, generated = load_cases_generated(cfg.data)
-    train_ids, val_ids, split_name = resolve_split(cfg.split, cases, seed, data_generated=generated, data_cfg=cfg.data)
+    with dist.main_first():  # rank 0 first: it may generate a missing phantom data set or split file
+        cases, generated = load_cases_generated(cfg.data)
+        train_ids, val_ids, split_name = resolve_split(cfg.split, cases, seed, data_generated=generated,
+                                                       data_cfg=cfg.data)
     by_id = {c.case_id: c for c in cases}
     train_cases, val_cases = [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
     spacing = _spacing(cfg.stage.get("spacing_mm"), train_cases)
@@ -214,15 +245,17 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
     t_prepare = time.perf_counter() - t0
 
     # config and data are fine: only now create (and claim) the run folder
-    claimed = claim_run_dir(run_dir, resume=resume, unique=unique)
+    # (rank 0 claims it; the other ranks learn which folder it is and never write into it)
+    claimed = dist.broadcast_object(claim_run_dir(run_dir, resume=resume, unique=unique) if dist.is_main else None)
     if claimed != run_dir or not explicit_run_dir:
         with open_dict(cfg):
             cfg.paths.run_dir = str(claimed)
-        if claimed != run_dir:
+        if claimed != run_dir and dist.is_main:
             print(f"[train] {run_dir} is used by another run; this run writes to {claimed}")
     run_dir = claimed
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
     inferer = InfererSettings.from_dict(OmegaConf.to_container(cfg.inferer, resolve=True), patch_size)
     # one merged DN class holds both nuclei (two components): the largest-component step runs per side after the
@@ -244,7 +277,7 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
                        wandb_mode=str(wandb_cfg.get("mode", "offline")),
                        project=str(wandb_cfg.get("project", "dentate_research")),
                        run_name=f"{stage}_{arch}_{split_name}",
-                       tags=[stage, arch, split_name])
+                       tags=[stage, arch, split_name]) if dist.is_main else None
     t0 = time.perf_counter()
     tr = cfg.trainer
     opt = tr.get("optimizer") or {}
@@ -255,7 +288,8 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
                         grad_clip=tr.get("grad_clip"), amp=bool(tr.amp), foreground_prob=float(tr.foreground_prob),
                         resume=bool(tr.get("resume", False)), patience=tr.get("patience"),
                         min_delta=float(tr.get("min_delta") or 0.0), max_minutes=tr.get("max_minutes"),
-                        init_checkpoint=tr.get("init_checkpoint"))
+                        init_checkpoint=tr.get("init_checkpoint"),
+                        accumulate_grad_batches=int(tr.get("accumulate_grad_batches") or 1))
     loop_result: dict[str, Any] = {}
     try:
         if spec.framework == "monai":
@@ -265,7 +299,7 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
                         augmentation=AugmentationSettings.from_dict(OmegaConf.to_container(cfg.augmentation,
                                                                                           resolve=True)),
                         inferer=inferer, postprocess=postprocess, margin_mm=margin_mm, device=device, logger=logger,
-                        seed=seed)
+                        seed=seed, dist=dist)
         else:
             from .nnunet_runner import train_nnunet
 
@@ -285,9 +319,12 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
                               val_iterations=int(tr.get("val_iterations", 5)), arch_kwargs=dict(arch_kwargs),
                               device=device, seed=seed, initial_lr=opt.get("lr"),
                               allow_mirroring=mirroring, lr_swap_probability=lr_swap,
-                              mirror_lr_axis=not lateral and stage == "segmentation", resume=loop.resume)
+                              mirror_lr_axis=not lateral and stage == "segmentation", resume=loop.resume,
+                              dist=dist)
+            loop_result = {"distributed": {**dist.describe(), "nnunet_ddp": dist.distributed,
+                                           "global_batch": loop.batch_size}}
             history = nn.pop("history")
-            for e, loss in enumerate(history["train_losses"]):
+            for e, loss in enumerate(history["train_losses"] if logger is not None else []):  # rank 0 logs
                 row: dict[str, Any] = {"epoch": e + 1, "iteration": (e + 1) * loop.iterations_per_epoch,
                                        "train_loss": loss}
                 for key, name in (("val_losses", "nnunet_val_loss"), ("mean_fg_dice", "nnunet_pseudo_dice"),
@@ -300,6 +337,9 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
             card.arch_kwargs = {**dict(arch_kwargs), "patch_size_nnunet": nn["patch_size_nnunet"],
                                 "spacing_nnunet": nn["spacing_nnunet"]}
         t_train = time.perf_counter() - t0
+        if logger is None:  # not rank 0: rank 0 validates and writes the card, curve and run_info
+            dist.barrier()  # ... and every rank returns once the run folder is complete
+            return run_dir
         card.to_json(run_dir / "model.json")
 
         # final validation through the inference path (StageModel), identical for every architecture
@@ -319,7 +359,8 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
         summary = training_summary(logger.rows, loop_result)
         logger.summary(summary)
     finally:
-        logger.finish()
+        if logger is not None:
+            logger.finish()
     plot_training_curve([r for r in logger.rows if r.get("phase") != "final"], run_dir / "training_curve.png",
                         f"{stage} / {arch} / {split_name}")
     write_run_info(run_dir, seed=seed, device=str(device),
@@ -327,7 +368,8 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
                             "total": time.perf_counter() - t_start},
                    extra={"split": split_name, "n_train": len(train_ids), "n_val": len(val_ids), "stage": stage,
                           "arch": arch, "label_scheme": label_scheme if stage == "segmentation" else None,
-                          "training_summary": summary})
+                          "training_summary": summary, "distributed": loop_result.get("distributed")})
+    dist.barrier()
     return run_dir
 
 

@@ -7,6 +7,7 @@ anywhere; images smaller than the patch are zero-padded (label 0).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,6 +50,14 @@ class PatchSampler:
             classes = [int(c) for c in np.unique(label) if c > 0]
             fg = {c: np.argwhere(label == c) for c in classes}
             self.items.append((image, label, s.affine, fg))
+
+    def spawn(self, seed: int, augmenter: Augmenter | None = None) -> PatchSampler:
+        """Another patch stream over the same (shared, not copied) cases, seeded ``seed``: one per micro-batch of
+        gradient accumulation (``trainer.accumulate_grad_batches``)."""
+        clone = copy.copy(self)
+        clone.rng = np.random.default_rng(seed)
+        clone.augmenter = augmenter
+        return clone
 
     def _patch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image, label, affine, fg = self.items[index]

@@ -3,10 +3,17 @@
 Budget = ``epochs`` x ``iterations_per_epoch`` batches of random patches; validation every ``val_every``
 epochs runs the full sliding-window inferer on the validation cases (the same one inference uses) and the
 best checkpoint is chosen by :func:`~dentate_research.training.validation.selection_score`.
+
+Several processes (``trainer.devices=N`` under torchrun or a launcher with N tasks, :mod:`.distributed`): the
+network is wrapped in DistributedDataParallel (gradients averaged over the ranks), every rank draws its own patch
+stream, rank 0 alone validates and writes, and its stop decision (plateau, wall-clock budget) is broadcast so all
+ranks stop after the same epoch. ``trainer.accumulate_grad_batches=A`` sums A micro-batches per step; a run on N
+processes equals a single-process run with ``A = N`` (same patches, same averaged gradient; tests/test_scale_out.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -22,6 +29,7 @@ from tqdm.auto import tqdm
 from ..models import build_network, get_arch
 from .augmentation import AugmentationSettings, Augmenter
 from .datasets import PatchSampler
+from .distributed import DistContext, shard_seed
 from .inferer import InfererSettings, postprocess_labels, predict_probabilities
 from .loggers import RunLogger
 from .preprocessing import StageSample
@@ -52,6 +60,7 @@ class LoopSettings:
     min_delta: float = 0.0  # improvement of the selection score that resets the patience counter
     max_minutes: float | None = None  # wall-clock budget of the training loop (None: off)
     init_checkpoint: str | None = None  # fine-tuning: start from these weights (training.finetune)
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step (each from its own patch stream)
 
     def __post_init__(self) -> None:
         if self.patience is not None and int(self.patience) < 1:
@@ -60,6 +69,8 @@ class LoopSettings:
             raise ValueError(f"trainer.max_minutes must be > 0 or null, got {self.max_minutes}")
         if self.min_delta < 0:
             raise ValueError(f"trainer.min_delta must be >= 0, got {self.min_delta}")
+        if int(self.accumulate_grad_batches) < 1:
+            raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
 
 
 def make_optimizer(params: Any, arch: str, s: LoopSettings) -> torch.optim.Optimizer:
@@ -108,15 +119,24 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
                 train_samples: Sequence[StageSample], val_samples: Sequence[StageSample],
                 patch_size: Sequence[int], loop: LoopSettings, augmentation: AugmentationSettings,
                 inferer: InfererSettings, postprocess: bool, margin_mm: float, device: torch.device,
-                logger: RunLogger, seed: int = 0) -> dict[str, Any]:
+                logger: RunLogger | None, seed: int = 0, dist: DistContext | None = None) -> dict[str, Any]:
     """Train a MONAI network; writes checkpoints/{last,best,final}.pt; returns the best validation metrics
-    plus ``stop_reason`` (``budget`` | ``plateau`` | ``time_budget``), ``epochs_run`` and ``iterations_run``.
+    plus ``stop_reason`` (``budget`` | ``plateau`` | ``time_budget``), ``epochs_run``, ``iterations_run`` and
+    ``distributed`` (world size, patch-stream seeds, global batch, largest weight difference between ranks).
 
     Every epoch row of metrics.csv carries ``wall_time_s`` (training + validation time since the start of the
     run, continued across a resume), ``timestamp_utc`` and, for validated epochs, ``val_time_s``.
+
+    With ``dist`` (several processes, :mod:`.distributed`) the network is wrapped in DistributedDataParallel;
+    rank 0 alone validates, logs (``logger`` may be None on the other ranks) and writes checkpoints, and the stop
+    decision it takes after each epoch is broadcast. One step = ``loop.accumulate_grad_batches`` micro-batches
+    per rank, micro-batch ``m`` of rank ``r`` drawn from patch stream ``r * A + m`` (:func:`.distributed.shard_seed`).
     """
+    dist = dist or DistContext(device=device)
+    main = dist.is_main
     ckpt_dir = Path(run_dir) / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     # 3 classes: left/right DN channels (LR flips swap labels 1/2, TTA swaps channels); 2 classes: one DN class
     lateralized = stage == "segmentation" and len(classes) >= 3
     merge_labels = stage == "segmentation" and len(classes) == 2
@@ -127,9 +147,14 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
     use_amp = bool(loop.amp)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
-    augmenter = Augmenter(augmentation, lateralized_labels=lateralized, seed=seed)
-    sampler = PatchSampler(train_samples, patch_size, loop.batch_size, loop.foreground_prob, augmenter, seed,
-                           merge_labels=merge_labels)
+    accumulate = int(loop.accumulate_grad_batches)
+    # patch streams of this process: rank r, micro-batch m -> stream r * A + m (stream 0 = the single-process one)
+    stream_seeds = [shard_seed(seed, dist.rank * accumulate + m) for m in range(accumulate)]
+    first = PatchSampler(train_samples, patch_size, loop.batch_size, loop.foreground_prob,
+                         Augmenter(augmentation, lateralized_labels=lateralized, seed=stream_seeds[0]),
+                         stream_seeds[0], merge_labels=merge_labels)
+    samplers = [first] + [first.spawn(s, Augmenter(augmentation, lateralized_labels=lateralized, seed=s))
+                          for s in stream_seeds[1:]]
 
     start_epoch, best_score, best_metrics, wall_offset, since_best = 0, -math.inf, {}, 0.0, 0
     last = ckpt_dir / "last.pt"
@@ -141,12 +166,19 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
         start_epoch, best_score = int(state["epoch"]) + 1, float(state["best_score"])
         best_metrics = state.get("best_metrics", {})
         wall_offset, since_best = float(state.get("wall_time_s", 0.0)), int(state.get("since_best", 0))
-        sampler.rng = np.random.default_rng([seed, start_epoch])
-        logger.load_existing()
+        for sampler, stream_seed in zip(samplers, stream_seeds, strict=True):
+            sampler.rng = np.random.default_rng([stream_seed, start_epoch])
+        if logger is not None:
+            logger.load_existing()
     elif loop.init_checkpoint:  # fine-tuning: the network starts from a trained model, optimizer and LR fresh
         network.load_state_dict(torch.load(loop.init_checkpoint, map_location=device, weights_only=False)["model"])
+    model: torch.nn.Module = network
+    if dist.distributed:  # after any weight loading: DDP broadcasts rank 0's weights and buffers at construction
+        from torch.nn.parallel import DistributedDataParallel
 
-    def predict(sample: StageSample) -> np.ndarray:
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def predict(sample: StageSample) -> np.ndarray:  # the bare network: validation runs on rank 0 only
         probs = predict_probabilities(network, sample.image, inferer, device, 0, lateralized, use_amp)
         return postprocess_labels(np.argmax(probs, axis=0).astype(np.uint8), postprocess)
 
@@ -158,24 +190,33 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
         return wall_offset + time.perf_counter() - t_run
 
     for epoch in range(start_epoch, loop.epochs):
-        network.train()
+        model.train()
         t0 = time.perf_counter()
         losses = []
-        bar = tqdm(range(loop.iterations_per_epoch), desc=f"{arch} epoch {epoch + 1}/{loop.epochs}", leave=False)
+        bar = tqdm(range(loop.iterations_per_epoch), desc=f"{arch} epoch {epoch + 1}/{loop.epochs}", leave=False,
+                   disable=not main)
         for _ in bar:
-            x, y = sampler.next_batch()
-            x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = network(x)
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
-                loss = loss_fn(logits.float(), y)
+            step_loss = 0.0
+            for m, sampler in enumerate(samplers):
+                x, y = sampler.next_batch()
+                x, y = x.to(device), y.to(device)
+                # DDP averages gradients over the ranks once per step: skip its all-reduce on earlier micro-batches
+                sync = m == accumulate - 1 or not dist.distributed
+                with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        logits = model(x)
+                        if isinstance(logits, (tuple, list)):
+                            logits = logits[0]
+                        loss = loss_fn(logits.float(), y)
+                    scaled = loss / accumulate if accumulate > 1 else loss
+                    if scaler is not None:
+                        scaler.scale(scaled).backward()
+                    else:
+                        scaled.backward()
+                step_loss += float(loss.detach()) / accumulate
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-            else:
-                loss.backward()
             if loop.grad_clip:
                 torch.nn.utils.clip_grad_norm_(network.parameters(), float(loop.grad_clip))
             if scaler is not None:
@@ -185,47 +226,61 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
                 optimizer.step()
             scheduler.step()
             iteration += 1
-            losses.append(float(loss.detach()))
+            losses.append(step_loss)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "train_loss": float(np.mean(losses)),
-                               "lr": float(optimizer.param_groups[0]["lr"]),
-                               "epoch_time_s": time.perf_counter() - t0}
-        out_of_time = loop.max_minutes is not None and wall() >= 60.0 * float(loop.max_minutes)
-        is_last = epoch + 1 == loop.epochs or out_of_time
-        if val_samples and ((epoch + 1) % max(1, loop.val_every) == 0 or is_last):
-            t_val = time.perf_counter()
-            with torch.no_grad():
-                metrics = stage_metrics(stage, predict, val_samples, margin_mm)
-            row.update({k: v for k, v in metrics.items() if k != "per_case"})
-            row["val_time_s"] = time.perf_counter() - t_val
-            score = selection_score(stage, metrics)
-            row["val_score"] = score
-            if score > best_score + float(loop.min_delta) or best_score == -math.inf:
-                since_best = 0
-            else:
-                since_best += 1
-            if score > best_score:
-                best_score, best_metrics = score, {k: v for k, v in metrics.items() if k != "per_case"}
-                best_metrics.update({"epoch": epoch + 1, "iteration": iteration, "wall_time_s": wall()})
-                _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics=best_metrics)
-        elif not val_samples and is_last:
-            _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics={})
-        row["wall_time_s"] = wall()
-        row["timestamp_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        logger.log(row)
-        _save(last, model=network.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-              epoch=epoch, best_score=best_score, best_metrics=best_metrics, wall_time_s=wall(),
-              since_best=since_best)
+        train_loss = dist.mean(float(np.mean(losses)))  # the mean over every rank's patches
+        stop_code = 0  # decided by rank 0, broadcast: 0 go on, 1 wall-clock budget, 2 plateau
+        if main:
+            row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "train_loss": train_loss,
+                                   "lr": float(optimizer.param_groups[0]["lr"]),
+                                   "epoch_time_s": time.perf_counter() - t0}
+            out_of_time = loop.max_minutes is not None and wall() >= 60.0 * float(loop.max_minutes)
+            is_last = epoch + 1 == loop.epochs or out_of_time
+            if val_samples and ((epoch + 1) % max(1, loop.val_every) == 0 or is_last):
+                t_val = time.perf_counter()
+                with torch.no_grad():
+                    metrics = stage_metrics(stage, predict, val_samples, margin_mm)
+                row.update({k: v for k, v in metrics.items() if k != "per_case"})
+                row["val_time_s"] = time.perf_counter() - t_val
+                score = selection_score(stage, metrics)
+                row["val_score"] = score
+                if score > best_score + float(loop.min_delta) or best_score == -math.inf:
+                    since_best = 0
+                else:
+                    since_best += 1
+                if score > best_score:
+                    best_score, best_metrics = score, {k: v for k, v in metrics.items() if k != "per_case"}
+                    best_metrics.update({"epoch": epoch + 1, "iteration": iteration, "wall_time_s": wall()})
+                    _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics=best_metrics)
+            elif not val_samples and is_last:
+                _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epoch, metrics={})
+            row["wall_time_s"] = wall()
+            row["timestamp_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if logger is not None:
+                logger.log(row)
+            _save(last, model=network.state_dict(), optimizer=optimizer.state_dict(),
+                  scheduler=scheduler.state_dict(), epoch=epoch, best_score=best_score, best_metrics=best_metrics,
+                  wall_time_s=wall(), since_best=since_best)
+            plateau = loop.patience is not None and since_best >= int(loop.patience)
+            stop_code = 1 if out_of_time else (2 if plateau else 0)
+        stop_code = int(dist.broadcast_object(stop_code))  # every rank stops after the same epoch
         epochs_run = epoch + 1
-        plateau = loop.patience is not None and since_best >= int(loop.patience)
-        if out_of_time or plateau:
-            stop_reason = "time_budget" if out_of_time else "plateau"
-            print(f"[train] {arch}: stopping after epoch {epoch + 1}/{loop.epochs} ({iteration} iterations, "
-                  f"{wall():.0f} s): " + (f"wall-clock budget of {loop.max_minutes} min reached" if out_of_time
-                                          else f"no validation gain > {loop.min_delta} in {loop.patience} "
-                                          "validations"), flush=True)
+        if stop_code:
+            stop_reason = "time_budget" if stop_code == 1 else "plateau"
+            if main:
+                print(f"[train] {arch}: stopping after epoch {epoch + 1}/{loop.epochs} ({iteration} iterations, "
+                      f"{wall():.0f} s): " + (f"wall-clock budget of {loop.max_minutes} min reached"
+                                              if stop_code == 1 else f"no validation gain > {loop.min_delta} in "
+                                              f"{loop.patience} validations"), flush=True)
             break
-    _save(ckpt_dir / "final.pt", model=network.state_dict(), epoch=epochs_run - 1)
-    if not (ckpt_dir / "best.pt").exists():  # resumed after the last epoch, or validation never ran
-        _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epochs_run - 1, metrics={})
-    return {**best_metrics, "stop_reason": stop_reason, "epochs_run": epochs_run, "iterations_run": iteration}
+    weight_diff = dist.max_weight_diff(network)  # 0.0: the ranks ended with identical weights
+    if main:
+        _save(ckpt_dir / "final.pt", model=network.state_dict(), epoch=epochs_run - 1)
+        if not (ckpt_dir / "best.pt").exists():  # resumed after the last epoch, or validation never ran
+            _save(ckpt_dir / "best.pt", model=network.state_dict(), epoch=epochs_run - 1, metrics={})
+    distributed = {**dist.describe(), "accumulate_grad_batches": accumulate, "batch_size_per_process":
+                   int(loop.batch_size), "global_batch": int(loop.batch_size) * accumulate * dist.world_size,
+                   "stream_seeds": [shard_seed(seed, k) for k in range(dist.world_size * accumulate)],
+                   "max_weight_diff_across_ranks": weight_diff}
+    return {**best_metrics, "stop_reason": stop_reason, "epochs_run": epochs_run, "iterations_run": iteration,
+            "distributed": distributed}

@@ -270,8 +270,14 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
                  iterations_per_epoch: int, val_iterations: int, arch_kwargs: dict[str, Any],
                  device: torch.device, seed: int = 0, initial_lr: float | None = None,
                  allow_mirroring: bool = True, lr_swap_probability: float = 0.0, mirror_lr_axis: bool = False,
-                 resume: bool = False) -> dict[str, Any]:
+                 resume: bool = False, dist: Any = None) -> dict[str, Any]:
     """Run nnU-Net planning, preprocessing and training; returns the ``nnunet`` section of the model card.
+
+    ``dist`` (a :class:`~dentate_research.training.distributed.DistContext` of several CUDA processes): nnU-Net's
+    own multi-GPU training, passed through. Rank 0 writes the raw dataset, plans and preprocesses while the others
+    wait; then every rank builds the trainer, which finds the initialized process group and does what
+    ``nnUNetv2_train ... -num_gpus N`` does: DistributedDataParallel, the batch (``batch_size`` = global batch) split
+    over the ranks, rank 0 logging and saving. nnU-Net's DDP is CUDA-only.
 
     ``mirror_lr_axis``: let nnU-Net's own mirroring flip the left-right axis too (only for side-less labels:
     the merged DN class or the cerebellum); lateralized labels get ``lr_swap_probability`` instead.
@@ -289,20 +295,21 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
     ids = [s.case_id for s in train_samples] + [s.case_id for s in val_samples]
     if len(set(ids)) != len(ids):
         raise DataError(f"nnunet: duplicate case IDs across train/val: {sorted({i for i in ids if ids.count(i) > 1})}")
+    main = dist is None or dist.is_main
     with nnunet_environment(root, n_proc_DA, n_proc):
         from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
         dname = dataset_name(dataset_id, name)
         preprocessed = root / "preprocessed" / dname
         plans_file = preprocessed / f"{PLANS_NAME}.json"
-        if not (resume and plans_file.exists()):
-            write_raw_dataset(root / "raw", dataset_id, name, list(train_samples) + list(val_samples), classes)
-            plans = plan_and_preprocess(dataset_id, patch_size, batch_size, arch_kwargs, n_proc)
-        else:
-            plans = load_json(str(plans_file))
-        # our subject-level split; nnU-Net never creates one (or asks for one)
-        save_json([{"train": [s.case_id for s in train_samples], "val": [s.case_id for s in val_samples]}],
-                  str(preprocessed / "splits_final.json"))
+        with contextlib.nullcontext() if dist is None else dist.main_first():
+            if main and not (resume and plans_file.exists()):
+                write_raw_dataset(root / "raw", dataset_id, name, list(train_samples) + list(val_samples), classes)
+                plan_and_preprocess(dataset_id, patch_size, batch_size, arch_kwargs, n_proc)
+            if main:  # our subject-level split; nnU-Net never creates one (or asks for one)
+                save_json([{"train": [s.case_id for s in train_samples], "val": [s.case_id for s in val_samples]}],
+                          str(preprocessed / "splits_final.json"))
+        plans = load_json(str(plans_file))
         dataset_json = load_json(str(preprocessed / "dataset.json"))
 
         torch.manual_seed(seed)
