@@ -19,6 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+# the demo's budget per stage (both also stop on a validation plateau and at their share of --minutes)
+DEMO_EPOCHS, DEMO_ITERATIONS = 40, 25
+DEMO_TRAINER = {"val_every": 2, "patience": 4, "min_delta": 0.005}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_run"), help="output folder (default: demo_run)")
@@ -28,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=2.5,
                         help="wall-clock training budget in minutes for both stages together (default 2.5; the "
                              "localizer gets 20%%); training also stops earlier on a validation plateau")
-    parser.add_argument("--epochs", type=int, default=40, help="maximal epochs per stage (default 40)")
-    parser.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"maximal epochs per stage ({DEMO_EPOCHS})")
+    parser.add_argument("--iterations", type=int, default=DEMO_ITERATIONS,
+                        help=f"iterations per epoch (default {DEMO_ITERATIONS})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--install", action="store_true",
@@ -66,6 +71,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def demo_split(cases: list) -> tuple[list[str], list[str], object]:
+    """(train IDs, validation IDs, test case): the last site is held out and gives the test scan; every 4th-ish
+    scan of the other sites (4 scans) validates (benchmarks/bench_demo_recipe.py chooses settings on them)."""
+    sites = sorted({c.site for c in cases})
+    train_cases = [c for c in cases if c.site != sites[-1]]
+    test_case = next(c for c in cases if c.site == sites[-1])
+    val_ids = [c.case_id for c in train_cases[:: max(1, len(train_cases) // 4)]][:4]
+    return [c.case_id for c in train_cases if c.case_id not in val_ids], val_ids, test_case
+
+
 def _run(args: argparse.Namespace, out: Path) -> int:
     from dentate_research.data.io import load_image, load_label
     from dentate_research.data.manifest import read_manifest
@@ -86,12 +101,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     else:
         manifest = generate_dataset(out / "data", preset=args.preset, seed=args.seed, n_jobs=2)
     cases = read_manifest(manifest)
-    sites = sorted({c.site for c in cases})
-    held_out_site = sites[-1]
-    train_cases = [c for c in cases if c.site != held_out_site]
-    test_case = next(c for c in cases if c.site == held_out_site)
-    val_ids = [c.case_id for c in train_cases[:: max(1, len(train_cases) // 4)]][:4]
-    train_ids = [c.case_id for c in train_cases if c.case_id not in val_ids]
+    train_ids, val_ids, test_case = demo_split(cases)
+    held_out_site, sites = test_case.site, sorted({c.site for c in cases})
     t_data = time.perf_counter() - t0
 
     print(f"[demo 2/4] training a two-step model on {len(train_ids)} scans ({len(sites) - 1} sites), "
@@ -105,7 +116,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         epochs=args.epochs, iterations_per_epoch=args.iterations, seed=args.seed, device=args.device,
         label_scheme="merged", augmentation="domain_randomization", crops_from_localizer=True,
         stage_minutes={"localization": 0.2 * args.minutes, "segmentation": 0.8 * args.minutes},
-        trainer={"val_every": 2, "patience": 4, "min_delta": 0.005})
+        trainer=DEMO_TRAINER)
     t_train = time.perf_counter() - t0
 
     print(f"[demo 3/4] segmenting {test_case.image.name} (unseen site {held_out_site})", flush=True)
