@@ -60,6 +60,20 @@ def evaluate(loc: Path, seg: Path, cases: list, threads: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def budget(card: dict, info: dict, cfg) -> str:
+    """How the stage's training ended, in words (MONAI loop: early stopping; nnU-Net: its own fixed budget)."""
+    summary = info.get("training_summary") or {}
+    if card["framework"] == "nnunet":
+        return (f"nnU-Net's own trainer (reduced plan {card['arch_kwargs'].get('patch_size_nnunet')} patch), "
+                f"{cfg.trainer.epochs} x {cfg.trainer.iterations_per_epoch} iterations, poly learning rate to 0 "
+                "(nnU-Net has no early stopping; its pseudo Dice is in `segmentation/metrics.csv`)")
+    best = summary.get("best") or {}
+    return (f"trainer budget {cfg.trainer.epochs} x {cfg.trainer.iterations_per_epoch} iterations with early "
+            f"stopping (patience {cfg.trainer.patience} validations); stopped: {summary.get('stop_reason')} after "
+            f"{summary.get('iterations_run')} iterations, best validation mean Dice "
+            f"{best.get('value', float('nan')):.3f}")
+
+
 def card_text(loc: Path, seg: Path, df: pd.DataFrame, args: argparse.Namespace, load: tuple[float, float]) -> str:
     from omegaconf import OmegaConf
 
@@ -83,11 +97,10 @@ def card_text(loc: Path, seg: Path, df: pd.DataFrame, args: argparse.Namespace, 
              f"{seg_card['patch_size']}, classes {seg_card['classes']} (label scheme "
              f"`{cfg.stage.get('label_scheme', 'lateral')}`; sides from world x), crops from the localizer "
              f"(`{seg_card['crop'].get('source')}`, margin {seg_card['crop'].get('margin_mm')} mm), augmentation "
-             f"with domain randomization (see `segmentation/config.yaml`), trainer budget {cfg.trainer.epochs} x "
-             f"{cfg.trainer.iterations_per_epoch} iterations with early stopping (patience {cfg.trainer.patience} "
-             f"validations); stopped: {seg_info['training_summary']['stop_reason']} after "
-             f"{seg_info['training_summary']['iterations_run']} iterations, best validation mean Dice "
-             f"{seg_info['training_summary']['best']['value']:.3f}",
+             f"with domain randomization (see `segmentation/config.yaml`), {budget(seg_card, seg_info, cfg)}; "
+             f"final validation through the inference path (the {len(seg_card['val_cases'])} validation scans): "
+             f"Dice {seg_card['metrics']['val_dice_left']:.3f} / {seg_card['metrics']['val_dice_right']:.3f} "
+             "(left / right)",
              "", "## Held-out evaluation", "",
              f"`{' '.join(sys.argv)}` on {df['case'].nunique()} scans of the sites "
              f"{', '.join(sorted(df['site'].unique()))}, which no stage saw in training, planning or validation. "

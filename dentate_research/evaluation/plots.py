@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,6 +17,20 @@ import pandas as pd  # noqa: E402
 from dentate_research.data.atomic import atomic_output  # noqa: E402
 
 from .stats import bland_altman, pearson  # noqa: E402
+
+# one look for every figure, whatever style another library (seaborn through pingouin, a notebook) left behind
+HOUSE_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8,
+               "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 10, "axes.facecolor": "white",
+               "axes.edgecolor": "0.3", "axes.grid": False, "figure.dpi": 100}
+
+
+def _house_style(plot: Callable[..., Path]) -> Callable[..., Path]:
+    @functools.wraps(plot)
+    def wrapper(*args: Any, **kwargs: Any) -> Path:
+        with plt.rc_context(HOUSE_STYLE):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _save(fig, path: Path | str) -> Path:
@@ -28,6 +45,7 @@ def _save(fig, path: Path | str) -> Path:
     return path
 
 
+@_house_style
 def bland_altman_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
                       ref_col: str = "volume_ref_mm3", title: str = "", unit: str = "mm³") -> Path:
     """One panel per side: difference (pred - ref) vs mean, with bias and 95 % limits of agreement."""
@@ -51,6 +69,7 @@ def bland_altman_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volum
     return _save(fig, path)
 
 
+@_house_style
 def scatter_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
                  ref_col: str = "volume_ref_mm3", title: str = "") -> Path:
     """Automated vs reference values per side with identity line and Pearson r."""
@@ -76,6 +95,7 @@ def scatter_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pre
     return _save(fig, path)
 
 
+@_house_style
 def dice_by_site_plot(df: pd.DataFrame, path: Path | str, metric: str = "dice", title: str = "") -> Path:
     """Box plot of a metric per site, left and right side by side, one colour per method."""
     sites = sorted(df["site"].astype(str).unique())
@@ -103,29 +123,37 @@ def dice_by_site_plot(df: pd.DataFrame, path: Path | str, metric: str = "dice", 
     return _save(fig, path)
 
 
+@_house_style
 def learning_curves_plot(metrics_files: dict[str, Path], path: Path | str, title: str = "",
                          key: str = "val_dice_mean") -> Path:
     """Validation ``key`` of several training runs vs iterations (left) and wall time in s (right).
 
-    ``metrics_files``: run label -> that run's metrics.csv (columns iteration, wall_time_s, ``key``).
+    ``metrics_files``: run label -> that run's metrics.csv (columns iteration, wall_time_s, ``key``). A run
+    without ``key`` but with nnU-Net's own per-epoch ``nnunet_pseudo_dice`` (its trainer validates on patches, not
+    through our inference path) is drawn dashed with that measure and says so in its label; a run without
+    ``wall_time_s`` is left out of the right panel.
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for label, file in metrics_files.items():
         df = pd.read_csv(file)
-        if key not in df.columns:
-            continue
+        column, style = key, "o-"
+        if key not in df.columns or df[key].notna().sum() == 0:
+            if "nnunet_pseudo_dice" not in df.columns:
+                continue
+            column, style, label = "nnunet_pseudo_dice", "s--", f"{label} (nnU-Net pseudo Dice)"
         if "phase" in df.columns:
             df = df[df["phase"].fillna("") != "final"]
-        df = df[df[key].notna()]
-        axes[0].plot(df["iteration"], df[key], "o-", ms=3, label=label)
-        if "wall_time_s" in df.columns:
-            axes[1].plot(df["wall_time_s"], df[key], "o-", ms=3, label=label)
+        df = df[df[column].notna()]
+        axes[0].plot(df["iteration"], df[column], style, ms=3, label=label)
+        if "wall_time_s" in df.columns and df["wall_time_s"].notna().any():
+            axes[1].plot(df["wall_time_s"], df[column], style, ms=3, label=label)
     axes[0].set_xlabel("training iterations")
     axes[1].set_xlabel("wall time (s, training + validation)")
     axes[0].set_ylabel(key)
+    low = min((line.get_ydata().min() for ax in axes for line in ax.get_lines()), default=0.0)
     for ax in axes:
-        ax.set_ylim(0, 1)
+        ax.set_ylim(max(0.0, float(low) - 0.05), 1.0)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)

@@ -235,10 +235,10 @@ def install_model(model_dir: Path | str, dest: Path | str | None = None, *, over
         shutil.rmtree(dest)
     for stage in STAGE_DIRS:
         card = json.loads((src / stage / "model.json").read_text())
-        if card.get("framework") == "nnunet":
-            shutil.copytree(src / stage, dest / stage)  # nnU-Net needs its plans and dataset files as well
-            continue
-        for name in ("model.json", "config.yaml", "run_info.json", "metrics.csv", card["checkpoint"]):
+        needed = ["model.json", "config.yaml", "run_info.json", "metrics.csv", card["checkpoint"]]
+        if card.get("framework") == "nnunet":  # nnU-Net's predictor also reads its plans and dataset.json
+            needed += [card["nnunet"]["plans"], card["nnunet"]["dataset_json"]]
+        for name in needed:
             if (src / stage / name).is_file():
                 (dest / stage / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / stage / name, dest / stage / name)

@@ -328,8 +328,8 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
                 row: dict[str, Any] = {"epoch": e + 1, "iteration": (e + 1) * loop.iterations_per_epoch,
                                        "train_loss": loss}
                 for key, name in (("val_losses", "nnunet_val_loss"), ("mean_fg_dice", "nnunet_pseudo_dice"),
-                                  ("lrs", "lr")):
-                    if e < len(history[key]):
+                                  ("lrs", "lr"), ("wall_time_s", "wall_time_s")):
+                    if e < len(history.get(key, [])):
                         row[name] = history[key][e]
                 logger.log(row)
             card.nnunet = nn

@@ -340,6 +340,8 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         history = {k: [float(np.mean(v)) if isinstance(v, (list, tuple)) else float(v) for v in log.get(k, [])]
                    for k in ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs")}
         history["dice_per_class"] = [list(map(float, v)) for v in log.get("dice_per_class_or_region", [])]
+        starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
+        history["wall_time_s"] = [float(end - starts[0]) for end in ends] if starts else []  # training + nnU-Net val
         mirror_axes = trainer.inference_allowed_mirroring_axes
         del trainer
     rel = output.relative_to(run_dir)
