@@ -139,7 +139,8 @@ def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer
                          augmentation: dict[str, Any] | str | None = None, label_scheme: str = "lateral",
                          crops_from_localizer: bool = False, localizer_epochs: int | None = None,
                          trainer: dict[str, Any] | None = None, label_rater: str = "true",
-                         stage_minutes: dict[str, float] | None = None) -> Path:
+                         stage_minutes: dict[str, float] | None = None,
+                         segmenter_trainer: dict[str, Any] | None = None) -> Path:
     """Train a localizer and a segmenter into ``out_dir/localization`` and ``out_dir/segmentation``.
 
     Args:
@@ -156,6 +157,7 @@ def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer
         crops_from_localizer: train and validate the segmenter on the crops of the localizer just trained.
         trainer: extra trainer keys for both stages (``patience``, ``min_delta``, ``max_minutes``, ``val_every``).
         stage_minutes: wall-clock budget per stage in minutes (``{"localization": .., "segmentation": ..}``).
+        segmenter_trainer: trainer keys for the segmentation stage only (e.g. ``batch_size``, ``foreground_prob``).
     """
     from dentate_research.data.manifest import read_manifest
     from dentate_research.training import train_stage
@@ -176,8 +178,9 @@ def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer
                            augmentation=augmentation if is_seg or isinstance(augmentation, dict) else None,
                            label_scheme=label_scheme,
                            localizer_run=out_dir / "localization" if is_seg and crops_from_localizer else None,
-                           trainer={**(trainer or {}), **({"max_minutes": stage_minutes[stage]}
-                                                          if stage_minutes and stage in stage_minutes else {})},
+                           trainer={**(trainer or {}), **((segmenter_trainer or {}) if is_seg else {}),
+                                    **({"max_minutes": stage_minutes[stage]}
+                                       if stage_minutes and stage in stage_minutes else {})},
                            label_rater=label_rater)
         train_stage(cfg)
     (out_dir / "README.txt").write_text(
