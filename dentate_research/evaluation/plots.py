@@ -136,21 +136,24 @@ def learning_curves_plot(metrics_files: dict[str, Path], path: Path | str, title
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for label, file in metrics_files.items():
         df = pd.read_csv(file)
+        if "phase" in df.columns:
+            df = df[df["phase"].fillna("") != "final"]
         column, style = key, "o-"
         if key not in df.columns or df[key].notna().sum() == 0:
             if "nnunet_pseudo_dice" not in df.columns:
                 continue
             column, style, label = "nnunet_pseudo_dice", "s--", f"{label} (nnU-Net pseudo Dice)"
-        if "phase" in df.columns:
-            df = df[df["phase"].fillna("") != "final"]
         df = df[df[column].notna()]
+        if df.empty:
+            continue
         axes[0].plot(df["iteration"], df[column], style, ms=3, label=label)
         if "wall_time_s" in df.columns and df["wall_time_s"].notna().any():
             axes[1].plot(df["wall_time_s"], df[column], style, ms=3, label=label)
     axes[0].set_xlabel("training iterations")
     axes[1].set_xlabel("wall time (s, training + validation)")
     axes[0].set_ylabel(key)
-    low = min((line.get_ydata().min() for ax in axes for line in ax.get_lines()), default=0.0)
+    low = min((np.min(line.get_ydata()) for ax in axes for line in ax.get_lines() if len(line.get_ydata())),
+              default=0.0)
     for ax in axes:
         ax.set_ylim(max(0.0, float(low) - 0.05), 1.0)
         ax.grid(alpha=0.3)
