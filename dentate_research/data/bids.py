@@ -18,6 +18,7 @@ robust maximum is above :data:`PPM_PLAUSIBLE_MAX` is not in ppm (ppb is 1000x la
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 from collections import defaultdict
@@ -212,6 +213,11 @@ def _sidecar_field_strength(path: Path) -> str:
     return ""
 
 
+def _glob(root: Path, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` relative to ``root`` (``..`` and absolute patterns allowed)."""
+    return sorted(Path(p) for p in glob.glob(str(root / pattern)) if Path(p).is_file())
+
+
 def _fill(template: str, m: FoundMap) -> str:
     return template.format(sub=m.entities.get("sub", ""), ses=m.entities.get("ses", ""), case=m.case_id,
                            stem=m.stem)
@@ -248,14 +254,14 @@ def build_manifest(root: Path | str, out: Path | str, *, suffix: str = QSM_SUFFI
     label_files: dict[str, Path] = {}
     if labels:
         for m in maps:
-            hits = sorted(root.glob(_fill(labels, m)))
+            hits = _glob(root, _fill(labels, m))
             if len(hits) > 1:
                 raise DataError(f"scan {m.case_id}: {len(hits)} tracings match '{_fill(labels, m)}': "
                                 f"{[str(h) for h in hits]}")
             if hits:
                 label_files[m.case_id] = hits[0]
         wildcard = re.sub(r"\{(sub|ses|case|stem)\}", "*", labels)
-        orphans = sorted(set(root.glob(wildcard)) - set(label_files.values()))
+        orphans = sorted(set(_glob(root, wildcard)) - set(label_files.values()))
         if orphans:
             raise DataError(f"{len(orphans)} tracing(s) have no image: {[str(p) for p in orphans[:5]]} (template "
                             f"'{labels}'; images found by {'pattern ' + repr(pattern) if pattern else suffix})")
