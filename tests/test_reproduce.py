@@ -87,3 +87,36 @@ def test_smoke_reproduction_and_notebook(tmp_path):
         del os.environ["DENTATE_EXPERIMENT_DIR"]
     figures = {p.name for p in (study / "notebook_figures").glob("*.png")}
     assert {"T3_dice_by_architecture.png", "T6_volume_agreement.png", "T5_external_dice.png"} <= figures
+
+
+@pytest.mark.slow
+def test_failure_modes_study_on_smoke(tmp_path):
+    """T7 on the smoke setup: fold-0 two-step model and baseline on 2 mm hard-case phantoms, binned per factor."""
+    from dentate_research.cli.reproduce import run_hydra
+
+    out = tmp_path / "experiments"
+    rc = run_hydra([f"out_root={out}", f"work_root={tmp_path / 'work'}", "studies=[failure_modes]",
+                    "failure_modes.n_subjects_per_site=1"])
+    assert rc == 0
+    study = out / "smoke"
+    md = (study / "T7_failure_modes.md").read_text()
+    assert "Made by `python -m dentate_research reproduce" in md and "Wilson" in md
+    table = pd.read_csv(study / "T7_failure_modes_full.csv")
+    assert {"contrast", "age", "vein_contact", "coverage", "artefact", "site"} <= set(table["factor"])
+    assert set(table.loc[table["factor"] == "site", "bin"]) == {f"site{c}" for c in "ABCDEFGHI"}
+    for label in ("deep", "baseline"):
+        rates = table[f"{label}_fail_rate"].dropna()
+        assert rates.between(0, 1).all()
+        assert (table[f"{label}_fail_ci_low"].dropna() <= rates + 1e-9).all()
+    per_side = pd.read_csv(study / "per_case" / "T7_failure_modes.csv")
+    assert set(per_side["method"]) == {"two-step unet", "classical baseline"}
+    assert per_side["dice"].between(0, 1).all()
+    assert set(per_side["reference"].astype(str).str.lower()) == {"true"}  # the phantom truth (pandas reads a bool)
+    assert per_side["contrast_ppm"].notna().all() and per_side["case"].nunique() == 9
+    assert (study / "figures" / "T7_failure_rate_by_factor.png").exists()
+    prov = json.loads((study / "provenance.json").read_text())
+    assert {"localization/unet/0", "segmentation/unet/0"} <= set(prov["runs"])
+    # applying finished runs read-only: allow_training=false refuses to train a missing run
+    with pytest.raises(RuntimeError, match="allow_training is false"):
+        run_hydra([f"out_root={out}", f"work_root={tmp_path / 'other'}", "studies=[failure_modes]",
+                   "failure_modes.n_subjects_per_site=1", "allow_training=false"])

@@ -1,4 +1,4 @@
-"""``reproduce``: run the paper's studies (tables T1-T6) from real training runs.
+"""``reproduce``: run the paper's studies (tables T1-T6) and the failure-mode study (T7) from real training runs.
 
     python -m dentate_research reproduce                      # experiment=smoke: minutes on a CPU
     python -m dentate_research reproduce experiment=cpu       # the committed experiments/cpu tables
@@ -6,6 +6,7 @@
     python -m dentate_research reproduce studies=[cohort,reliability]
     python -m dentate_research reproduce experiment=paper device=cuda hydra/launcher=slurm hydra.launcher.partition=gpu
     python -m dentate_research reproduce hydra/launcher=submitit_local      # the runs as parallel local jobs
+    python -m dentate_research reproduce experiment=cpu studies=[failure_modes]   # T7 on hard-case phantoms
 
 Hydra overrides select the preset (``configs/reproduce/experiment/*.yaml``) and change any leaf. Training runs
 are composed from ``configs/train.yaml`` with the preset's ``train_overrides``.
@@ -57,7 +58,19 @@ def settings_from_config(cfg, command: str = ""):
         train_overrides=list(cfg.train_overrides), localizer_overrides=list(cfg.localizer_overrides or []),
         arch_overrides={str(k): list(v) for k, v in (cfg.get("arch_overrides") or {}).items()},
         crops_from_localizer=bool(cfg.get("crops_from_localizer", False)),
+        **_failure_settings(cfg),
         device=str(cfg.device), seed=int(cfg.seed), reuse_runs=bool(cfg.reuse_runs), command=command)
+
+
+def _failure_settings(cfg) -> dict:
+    """T7 (failure_modes) settings from the config's ``failure_modes`` group and ``allow_training``."""
+    fm = cfg.get("failure_modes") or {}
+    data_dir = fm.get("data_dir")
+    return {"failure_preset": str(fm.get("preset", "hard")),
+            "failure_n_subjects_per_site": int(fm.get("n_subjects_per_site", 3)),
+            "failure_seed": int(fm.get("seed", 1)), "failure_data_dir": Path(str(data_dir)) if data_dir else None,
+            "failure_reference": str(fm.get("reference", "true")),
+            "allow_training": bool(cfg.get("allow_training", True))}
 
 
 def make_launcher(launcher_args: list[str], work_dir: Path, name: str):

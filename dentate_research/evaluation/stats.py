@@ -179,6 +179,34 @@ def rank_biserial_paired(x: Sequence[float], y: Sequence[float]) -> float:
     return float((r_plus - r_minus) / (r_plus + r_minus))
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (NaN, NaN for n = 0).
+
+    Unlike the Wald interval it stays inside [0, 1] and is sensible for 0 or n successes (Wilson 1927;
+    recommended by Brown, Cai & DasGupta, Stat Sci 2001)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t confidence interval of the mean of the finite values (NaN bounds for n < 2)."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return mean, mean - half, mean + half
+
+
 def paired_test(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Paired t-test and Wilcoxon signed-rank test of x vs y, with Cohen's d_z and rank-biserial r."""
     x, y = _paired_finite(x, y)

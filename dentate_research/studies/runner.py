@@ -12,6 +12,10 @@ T5     external sites: the two-step model vs the classical baseline tool (templa
        only), Dice per side with paired t-test and Wilcoxon P values
 T6     unseen sites (leave one site out): localizer and segmenter retrained without the site, automated vs
        manual DN volume and mean susceptibility: Pearson r, ICC(2,1)/ICC(3,1), Bland-Altman, per site
+T7     failure modes: the fold-0 two-step model and the classical baseline (fold-0 template) applied to phantoms
+       of the ``hard`` preset (new subjects of every site), Dice and failure rate (Dice < 0.5) with confidence
+       intervals per bin of each hard-case factor, and the paired deep-vs-baseline difference per bin
+       (:mod:`dentate_research.studies.failure_modes`)
 =====  ===================================================================================================
 
 Every training run is a real :func:`dentate_research.training.train_stage` call; completed runs in the work
@@ -47,7 +51,7 @@ from ..evaluation.stats import agreement, paired_comparison
 from .cohort import cohort_table
 from .tables import write_json, write_table
 
-STUDIES = ("cohort", "reliability", "architectures", "two_step", "external", "loso")
+STUDIES = ("cohort", "reliability", "architectures", "two_step", "external", "loso", "failure_modes")
 PAPER = {  # figures from the paper (Shiraishi et al., Radiology: AI 2025) for side-by-side reporting
     "intrarater_icc": 0.91, "interrater_icc": 0.78,
     "two_step_dice_left": "0.90 +/- 0.03", "two_step_dice_right": "0.89 +/- 0.04",
@@ -76,6 +80,11 @@ class StudySettings:
             reported with the tables.
         crops_from_localizer: segmentation runs train and validate on the crops of the same fold's localizer
             (``stage.crop.source=localizer``), i.e. exactly the crops the two-step pipeline makes.
+        failure_preset, failure_n_subjects_per_site, failure_seed: the hard-case phantoms of T7 (new subjects:
+            use a seed other than ``data_seed``); failure_data_dir: where they are generated (default: the work
+            folder); failure_reference: the label T7 scores against ('true' on phantoms, else ``rater``).
+        allow_training: False makes a run that is not finished an error instead of training it (apply finished
+            runs of another study read-only, e.g. T7 on ``work_data/reproduce/cpu``).
     """
 
     name: str
@@ -99,6 +108,12 @@ class StudySettings:
     localizer_overrides: list[str] = field(default_factory=list)
     arch_overrides: dict[str, list[str]] = field(default_factory=dict)
     crops_from_localizer: bool = False
+    failure_preset: str = "hard"
+    failure_n_subjects_per_site: int = 3
+    failure_seed: int = 1
+    failure_data_dir: Path | None = None
+    failure_reference: str = "true"
+    allow_training: bool = True
     device: str = "cpu"
     seed: int = 0
     reuse_runs: bool = True
@@ -112,6 +127,7 @@ class StudySettings:
             raise ValueError("give either data_preset (phantoms) or manifest (your own data)")
         self.out_dir, self.work_dir = Path(self.out_dir), Path(self.work_dir)
         self.manifest = Path(self.manifest) if self.manifest else None
+        self.failure_data_dir = Path(self.failure_data_dir) if self.failure_data_dir else None
 
 
 class StudyRunner:
@@ -195,6 +211,8 @@ class StudyRunner:
         if s.reuse_runs and self.run_finished(run_dir):
             self.runs[key] = {"run_dir": str(run_dir), "reused": True}
             return run_dir
+        if not s.allow_training:
+            raise RuntimeError(f"run {key} is not finished in {run_dir} and allow_training is false")
         loc_dir = None
         if stage == "segmentation" and s.crops_from_localizer:
             loc_dir = self.train("localization", s.localizer_arch, fold)
@@ -223,7 +241,7 @@ class StudyRunner:
                 runs.append((stage, arch, fold))
 
         for study in s.studies:
-            if study in ("architectures", "two_step", "external"):
+            if study in ("architectures", "two_step", "external", "failure_modes"):
                 add("localization", s.localizer_arch, "0")
                 for arch in (s.architectures if study == "architectures" else [s.pipeline_arch]):
                     add("segmentation", arch, "0")
@@ -284,15 +302,38 @@ class StudyRunner:
 
         return DentatePredictor(loc_dir, seg_dir, device=self.s.device)
 
-    def _load_case(self, case: Case) -> tuple[Volume, Volume, Volume]:
-        """Read a case once: the image as stored (method input), the image in ppm and the reference labels."""
+    def _load_case(self, case: Case, rater: str | None = None) -> tuple[Volume, Volume, Volume]:
+        """Read a case once: the image as stored (method input), the image in ppm and the reference labels
+        (``rater``'s, default the study's rater)."""
         volume = load_image(case.image)
-        reference = load_label(case.label(self.s.rater), reference=volume)
+        reference = load_label(case.label(rater or self.s.rater), reference=volume)
         return volume, case_image_in_ppm(case, volume), reference
+
+    def _baseline(self, fold: str = "0"):
+        """The classical baseline with the fold's template (built from the fold's training cases only, cached
+        in the work folder and reused)."""
+        from ..baselines.classical import ClassicalBaseline
+        from ..baselines.template import Template, build_template
+
+        template_dir = self.s.work_dir / f"baseline_template_fold{fold}"
+        if (template_dir / "template.json").exists() and self.s.reuse_runs:
+            template = Template.load(template_dir)
+        else:
+            train, _, _ = self._fold_cases(fold)
+            template = build_template(train, rater=self.s.rater)
+            template.save(template_dir)
+        return ClassicalBaseline(template)
+
+    def _segment_baseline(self, baseline: Any, volume: Volume) -> tuple[np.ndarray, float, str]:
+        """(labels, seconds, flags) of the classical baseline on one volume."""
+        t0 = time.perf_counter()
+        labels, diag = baseline.segment_with_diagnostics(volume)
+        flags = diag.get("flags", []) if isinstance(diag, dict) else []
+        return labels, time.perf_counter() - t0, ";".join(map(str, flags))
 
     def _evaluate_labels(self, case: Case, image_ppm: Volume, reference: Volume, labels: np.ndarray | None,
                          method: str, fold: str, extra: dict[str, Any] | None = None,
-                         flag: str = "") -> list[dict[str, Any]]:
+                         flag: str = "", reference_name: str | None = None) -> list[dict[str, Any]]:
         """Rows (one per side) of metrics for ``labels`` (None = the method failed: scored as empty)."""
         pred = np.zeros(image_ppm.shape, np.uint8) if labels is None else labels
         rows = []
@@ -301,7 +342,7 @@ class StudyRunner:
                 row["flag"] = ";".join(x for x in (str(row.get("flag") or ""), flag) if x)
             rows.append({"case": case.case_id, "subject": case.subject, "site": case.site,
                          "group": str(case.meta.get("group", "")), "method": method, "fold": fold,
-                         "reference": self.s.rater, **row, **(extra or {})})
+                         "reference": reference_name or self.s.rater, **row, **(extra or {})})
         return rows
 
     def _two_step(self, predictor: Any, volume: Volume) -> tuple[np.ndarray | None, float, str]:
@@ -471,9 +512,6 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ T5
     def external(self) -> Path:
-        from ..baselines.classical import ClassicalBaseline
-        from ..baselines.template import build_template
-
         arch = self.s.pipeline_arch
         ext = [self.by_id[i] for i in self.splits["external_test"]]
         if not ext:
@@ -481,28 +519,16 @@ class StudyRunner:
         loc_dir = self.localizer()
         seg_dir = self.train("segmentation", arch, "0")
         predictor = self._predictor(loc_dir, seg_dir)
-        train, _, _ = self._fold_cases("0")
-        template_dir = self.s.work_dir / "baseline_template_fold0"
-        if (template_dir / "template.json").exists() and self.s.reuse_runs:
-            from ..baselines.template import Template
-
-            template = Template.load(template_dir)
-        else:
-            template = build_template(train, rater=self.s.rater)
-            template.save(template_dir)
-        baseline = ClassicalBaseline(template)
+        baseline = self._baseline("0")
         rows = []
         for case in tqdm(ext, desc="T5 external: two-step vs baseline"):
             volume, image_ppm, ref = self._load_case(case)
             labels, seconds, flag = self._two_step(predictor, volume)
             rows += self._evaluate_labels(case, image_ppm, ref, labels, f"two-step {arch}", "0",
                                           {"inference_s": seconds}, flag)
-            t0 = time.perf_counter()
-            base_labels, diag = baseline.segment_with_diagnostics(volume)
-            seconds_b = time.perf_counter() - t0
-            base_flags = diag.get("flags", []) if isinstance(diag, dict) else []
+            base_labels, seconds_b, base_flags = self._segment_baseline(baseline, volume)
             rows += self._evaluate_labels(case, image_ppm, ref, base_labels, "classical baseline", "0",
-                                          {"inference_s": seconds_b}, ";".join(map(str, base_flags)))
+                                          {"inference_s": seconds_b}, base_flags)
         df = pd.DataFrame(rows)
         self._save_per_case(df, "T5_external")
         table = self._dice_by_side(df, ["method"])
@@ -556,6 +582,12 @@ class StudyRunner:
         return write_table(table, self.s.out_dir, "T6_unseen_sites",
                            "T6 Unseen sites (leave one site out): automated vs manual DN volume and mean chi",
                            self._stamp(), notes)
+
+    # ------------------------------------------------------------------ T7
+    def failure_modes(self) -> Path:
+        from .failure_modes import failure_modes_study
+
+        return failure_modes_study(self)
 
     def _plot_dice(self, df: pd.DataFrame, name: str, by: str) -> None:
         from ..evaluation.plots import dice_by_site_plot

@@ -202,6 +202,17 @@ class SubjectAnatomy:
     texture_seed: int = 0
     folia_wavelength_mm: float = 4.5
     cerebellar_atrophy: float = 0.0
+    # Hard-case effects (module ``hard``); the defaults leave the anatomy exactly as the easy presets draw it.
+    fourth_ventricle_gain: float = 2.0  # 4th-ventricle semi-axes grow by (1 + gain x cerebellar_atrophy)
+    dn_heterogeneity: float = 0.0  # relative SD of a smooth iron field inside each DN lamina
+    dn_heterogeneity_mm: float = 2.5  # its correlation length
+    dn_halo: tuple[float, float] = (0.0, 1.0)  # (fraction of DN contrast, decay mm) of a gradual DN border
+    sinuses: list[tuple[list[tuple[float, float, float]], float]] = field(default_factory=list)  # in the mask
+    rim_lesions: list[tuple[np.ndarray, np.ndarray, float, float, float]] = field(default_factory=list)
+    # MS lesions are drawn into white matter found by value. The easy presets compare the float32 map with float64
+    # values, which never match, so their lesions are never drawn; kept (False) so their arrays stay bit-identical.
+    # The hard cases set True (float32 comparison): their lesions are drawn.
+    lesions_in_float32_white_matter: bool = False
 
     def rotation_matrix(self) -> np.ndarray:
         rx, ry, rz = np.deg2rad(self.rotation_deg)
@@ -373,12 +384,14 @@ def _upsample_linear(array: np.ndarray, stride: int, axis: int) -> np.ndarray:
 
 @dataclass
 class RenderedAnatomy:
-    """Fine-grid maps of one subject: chi (ppm), brain mask, DN labels (0/1/2), cerebellum mask."""
+    """Fine-grid maps of one subject: chi (ppm), brain mask, DN labels (0/1/2), cerebellum mask and (only when
+    asked for, ``render_subject(..., with_veins=True)``) the vein and sinus mask."""
 
     chi: np.ndarray
     brain: np.ndarray
     dentate: np.ndarray
     cerebellum: np.ndarray
+    vein: np.ndarray | None = None
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -412,11 +425,12 @@ def _box_slices(subject: SubjectAnatomy, centre_mni, radius_mm: float, origin: n
 
 
 def render_subject(subject: SubjectAnatomy, origin: np.ndarray, spacing: np.ndarray,
-                   shape: tuple[int, int, int]) -> RenderedAnatomy:
+                   shape: tuple[int, int, int], with_veins: bool = False) -> RenderedAnatomy:
     """Evaluate the subject's anatomy at the centres of a world grid (RAS, axis aligned).
 
     Args:
         origin: world mm of voxel (0, 0, 0)'s centre; spacing: mm per axis; shape: voxels.
+        with_veins: also return the mask of veins and sinuses (``RenderedAnatomy.vein``).
     """
     origin, spacing = np.asarray(origin, float), np.asarray(spacing, float)
     axes = [origin[i] + spacing[i] * np.arange(shape[i]) for i in range(3)]
@@ -495,18 +509,31 @@ def render_subject(subject: SubjectAnatomy, origin: np.ndarray, spacing: np.ndar
             if box is None:
                 continue
             fourth = centre[1] == -45.0  # the 4th ventricle widens with cerebellar atrophy
-            semi_eff = tuple(s * (1 + 2 * subject.cerebellar_atrophy) for s in semi) if fourth else semi
+            widen = 1 + subject.fourth_ventricle_gain * subject.cerebellar_atrophy
+            semi_eff = tuple(s * widen for s in semi) if fourth else semi
             inside = _ellipsoid(mx[box], my[box], mz[box], c, semi_eff, -sign * yaw) < 1.0
             chi[box][inside] = chi_values["csf"]
             brain[box] |= inside
     # MS lesions in white matter.
-    wm_like = np.isin(chi, [chi_values["white_matter"], chi_values["cerebellar_wm"]])
+    wm_values = [chi_values["white_matter"], chi_values["cerebellar_wm"]]
+    if subject.lesions_in_float32_white_matter:
+        wm_values = list(np.asarray(wm_values, np.float32))
+    wm_like = np.isin(chi, wm_values)
     for centre, radii, delta in subject.lesions:
         box = _box_slices(subject, centre, float(max(radii)), origin, spacing, shape)
         if box is None:
             continue
         inside = (_ellipsoid(mx[box], my[box], mz[box], centre, radii) < 1.0) & wm_like[box]
         chi[box][inside] = chi_values["white_matter"] + delta
+    for centre, radii, core, rim, rim_mm in subject.rim_lesions:  # paramagnetic-rim lesions (hard cases)
+        box = _box_slices(subject, centre, float(max(radii)), origin, spacing, shape)
+        if box is None:
+            continue
+        r2 = _ellipsoid(mx[box], my[box], mz[box], centre, radii)
+        inside = (r2 < 1.0) & wm_like[box]
+        inner = (1.0 - rim_mm / float(np.mean(radii))) ** 2
+        chi[box][inside] = chi_values["white_matter"] + core
+        chi[box][inside & (r2 >= inner)] = chi_values["white_matter"] + rim
 
     # Dentate nuclei: lamina (label) and a white-matter hilum.
     dentate = np.zeros(shape, np.uint8)
@@ -516,6 +543,8 @@ def render_subject(subject: SubjectAnatomy, origin: np.ndarray, spacing: np.ndar
             continue
         lamina, hilum, dn_chi = dn.render(mx[box], my[box], mz[box], dn_scale)
         chi[box][hilum] = chi_values["cerebellar_wm"]
+        if subject.dn_heterogeneity > 0 or subject.dn_halo[0] > 0:
+            _dn_iron_distribution(subject, dn, chi, box, lamina, dn_chi, spacing)
         chi[box][lamina] = dn_chi[lamina]
         dentate[box][lamina] = dn.side
         cerebellum_mask[box] |= lamina | hilum
@@ -527,6 +556,7 @@ def render_subject(subject: SubjectAnatomy, origin: np.ndarray, spacing: np.ndar
         if paired:
             veins.append(([(-p[0], p[1], p[2]) for p in points], radius))
     veins.extend(subject.extra_veins)
+    vein_mask = np.zeros(shape, bool) if with_veins else None
     for points, radius in veins:
         for a, b in zip(points[:-1], points[1:], strict=True):
             mid = 0.5 * (np.asarray(a, float) + np.asarray(b, float))
@@ -537,6 +567,44 @@ def render_subject(subject: SubjectAnatomy, origin: np.ndarray, spacing: np.ndar
             inside = (_segment_distance(mx[box], my[box], mz[box], a, b) < radius) & brain[box]
             inside &= dentate[box] == 0
             chi[box][inside] = chi_values["vein"]
+            if vein_mask is not None:
+                vein_mask[box] |= inside
+    # Dural sinuses that the brain mask includes (hard cases): drawn whether or not inside the brain, and added
+    # to the mask, as a generous mask of a real QSM pipeline does.
+    for points, radius in subject.sinuses:
+        for a, b in zip(points[:-1], points[1:], strict=True):
+            mid = 0.5 * (np.asarray(a, float) + np.asarray(b, float))
+            half = 0.5 * float(np.linalg.norm(np.asarray(b, float) - np.asarray(a, float))) + radius
+            box = _box_slices(subject, mid, half, origin, spacing, shape)
+            if box is None:
+                continue
+            inside = (_segment_distance(mx[box], my[box], mz[box], a, b) < radius) & (dentate[box] == 0)
+            chi[box][inside] = chi_values["vein"]
+            brain[box] |= inside
+            if vein_mask is not None:
+                vein_mask[box] |= inside
 
     chi[~brain] = 0.0
-    return RenderedAnatomy(chi, brain, dentate, cerebellum_mask & brain)
+    return RenderedAnatomy(chi, brain, dentate, cerebellum_mask & brain, vein_mask)
+
+
+def _dn_iron_distribution(subject: SubjectAnatomy, dn: DentateShape, chi: np.ndarray, box: tuple[slice, ...],
+                          lamina: np.ndarray, dn_chi: np.ndarray, spacing: np.ndarray) -> None:
+    """Hard cases: heterogeneous iron inside the lamina (``dn_chi`` modified in place) and a gradual border (a
+    halo of iron-bearing tissue around the lamina that decays over ``dn_halo[1]`` mm; written into ``chi``).
+
+    Seeded by the subject's texture seed and the side, so it is deterministic."""
+    if not lamina.any():
+        return
+    rng = np.random.default_rng([subject.texture_seed, 17, dn.side])
+    if subject.dn_heterogeneity > 0:
+        noise = _smooth_noise(rng, lamina.shape, spacing, subject.dn_heterogeneity_mm)
+        dn_chi *= np.clip(1.0 + np.float32(subject.dn_heterogeneity) * noise, 0.25, 1.9).astype(np.float32)
+    fraction, decay_mm = subject.dn_halo
+    if fraction > 0:
+        distance = ndimage.distance_transform_edt(~lamina, sampling=spacing).astype(np.float32)
+        halo = (~lamina) & (distance < 4.0 * decay_mm)
+        local = chi[box]
+        weight = np.float32(fraction) * np.exp(-distance[halo] / np.float32(decay_mm))
+        # tissue next to the lamina takes a share of the nucleus' iron: chi moves towards the DN value
+        local[halo] = local[halo] + weight * (np.float32(dn.chi) - local[halo])

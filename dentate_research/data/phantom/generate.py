@@ -4,6 +4,11 @@ Pipeline per case (deterministic from ``(seed, site index, subject index)``):
 anatomy on a fine grid (site voxel / integer factor) -> dipole field (FFT forward model, B0 tilted per site)
 -> partial-volume block average to the site grid -> field noise -> dipole inversion (TKD / L2) -> site
 smoothing, gain, zero-reference offset, units -> simulated rater tracings -> NIfTI files (site orientation).
+
+Presets with ``hard`` set (``hard``, ``hard_tiny``) add the hard cases of real QSM (module ``hard``): the subject's
+anatomy is changed after it is drawn, a residual background field and dephasing noise enter the field, the mask
+loses dropout voxels and the part below a partial slab, motion and ringing act on k-space, raters grow unsure at
+low contrast, and a partially covered case is cropped to its slab. Their factors go to the manifest (``hard_*``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +26,9 @@ from tqdm.auto import tqdm
 
 from ..io import DataError, save_nifti
 from ..manifest import Case, write_manifest
+from . import hard as hard_cases
 from .anatomy import GROUPS, render_subject, sample_subject
+from .hard import HardCaseParams
 from .physics import b0_direction, block_average, forward_field, gaussian_smooth, reconstruct
 from .raters import RATER_STYLES, simulate_tracing
 from .sites import SITE_PROFILES, SiteProfile
@@ -45,6 +52,9 @@ class Preset:
         fine_mm: largest fine-grid spacing used for the anatomy and the forward model (mm); the fine grid
             is the site grid divided by integer factors, so partial volume is an exact block average.
         retrace_every: every n-th case (per site) is traced a second time by rater1.
+        hard: hard-case effects (module ``hard``: low-iron DN, veins at the DN, air/bone artefacts, partial
+            coverage, head size and tilt, motion and ringing, FRDA atrophy, MS lesions near the DN, raters
+            unsure at low contrast); None (the default) leaves the preset's arrays exactly as before.
     """
 
     name: str
@@ -53,6 +63,7 @@ class Preset:
     max_slice_mm: float
     fine_mm: float
     retrace_every: int = 3
+    hard: HardCaseParams | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -62,6 +73,9 @@ PRESETS: dict[str, Preset] = {
     # shipped default model (segmentation at native ~1 mm resolution, like the paper's 1 mm crops).
     "cpu": Preset("cpu", 10, 1.0, 2.0, 1.0),
     "paper": Preset("paper", (40, 40, 36, 36, 36, 36, 36, 34, 34), None, 2.0, 1.0),
+    # The hard cases of real QSM (module ``hard``) at the ``cpu`` preset's resolution, and at ``tiny``'s for tests.
+    "hard": Preset("hard", 10, 1.0, 2.0, 1.0, hard=HardCaseParams()),
+    "hard_tiny": Preset("hard_tiny", 1, 2.0, 3.0, 2.0, retrace_every=2, hard=HardCaseParams()),
 }
 
 
@@ -135,11 +149,19 @@ def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, pre
                   group: str) -> dict[str, object]:
     """Simulate one scan; returns arrays on the site grid (canonical RAS) and metadata (no file I/O)."""
     rng = np.random.default_rng([seed, site_index, subject_index])
-    subject = sample_subject(rng, group)
+    params = preset.hard
+    if params is None:
+        subject = sample_subject(rng, group)
+    else:  # hard cases draw from their own stream: the easy presets' streams stay untouched
+        hard_rng = np.random.default_rng([seed, site_index, subject_index, 7001])
+        draw = hard_cases.draw_case(hard_rng, profile.name, group, params)
+        subject = sample_subject(rng, group, age=draw.age)
+        hard_cases.apply_to_subject(subject, draw, params, hard_rng)
     voxel = site_voxel_size(profile, preset)
     shape, origin, factors, fine_spacing, fine_origin = _grid(voxel, preset.fine_mm)
     fine_shape = tuple(s * f for s, f in zip(shape, factors, strict=True))
-    anatomy = render_subject(subject, fine_origin, fine_spacing, fine_shape)  # type: ignore[arg-type]
+    anatomy = render_subject(subject, fine_origin, fine_spacing, fine_shape,  # type: ignore[arg-type]
+                             with_veins=params is not None)
     b0 = b0_direction(profile.b0_tilt_deg + rng.normal(0, 1.0), profile.b0_azimuth_deg)
     field_fine = forward_field(anatomy.chi, tuple(fine_spacing), b0)  # type: ignore[arg-type]
     field = block_average(field_fine, factors)
@@ -151,7 +173,11 @@ def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, pre
     cerebellum = block_average(anatomy.cerebellum, factors) > 0.5
     # Field noise: SD per voxel grows as the voxel shrinks (relative to 1 mm^3).
     noise_sd = profile.field_noise_ppm / np.sqrt(float(np.prod(voxel)))
-    field = field + rng.normal(0, noise_sd, field.shape).astype(np.float32)
+    if params is None:
+        field = field + rng.normal(0, noise_sd, field.shape).astype(np.float32)
+    else:
+        hard_extra = _hard_field(subject, draw, params, profile, field, brain, origin, voxel, b0, rng, noise_sd)
+        field, brain, covered = hard_extra.pop("field"), hard_extra.pop("mask"), hard_extra.pop("covered")
     qsm = reconstruct(field, brain, voxel, b0, profile.reconstruction, tkd_threshold=profile.recon_param,
                       regularization=profile.recon_param)
     qsm = gaussian_smooth(qsm, profile.smooth_fwhm_mm, voxel)
@@ -159,9 +185,15 @@ def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, pre
     dn_true = np.zeros(shape, np.uint8)
     dn_true[volume_preserving_mask(pv_left)] = 1
     dn_true[volume_preserving_mask(pv_right) & (dn_true == 0)] = 2
+    styles = RATER_STYLES
+    if params is not None:  # raters see only the covered slab and are less sure where the contrast is low
+        pv_left, pv_right = pv_left * covered, pv_right * covered
+        styles = {name: replace(style, low_contrast_gain=params.rater_low_contrast_gain,
+                                reference_contrast_ppm=params.rater_reference_contrast_ppm)
+                  for name, style in RATER_STYLES.items()}
     raters = {}
     retrace = subject_index % preset.retrace_every == 0
-    for name, style in RATER_STYLES.items():
+    for name, style in styles.items():
         if name == "rater1_retrace" and not retrace:
             continue
         session_rng = np.random.default_rng([seed, site_index, subject_index,
@@ -171,13 +203,103 @@ def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, pre
         raters[name] = simulate_tracing(pv_left, pv_right, qsm, voxel, style, session_rng, reading_rng)
     voxel_volume = float(np.prod(voxel))
     dn_chi_true = float(np.mean([d.chi for d in subject.dentates]))
-    return {
+    out = {
         "qsm": qsm, "chi_true": chi_true, "brain": brain, "dn_true": dn_true, "raters": raters,
         "cerebellum": cerebellum, "affine": _affine(origin, voxel), "voxel": voxel, "subject": subject,
         "dn_volume_left_mm3": float((dn_true == 1).sum() * voxel_volume),
         "dn_volume_right_mm3": float((dn_true == 2).sum() * voxel_volume),
         "dn_chi_true_ppm": dn_chi_true, "b0": b0, "factors": factors,
     }
+    if params is not None:
+        _finish_hard_case(out, subject, draw, anatomy, fine_spacing, covered, hard_extra)
+    return out
+
+
+def _hard_field(subject, draw, params: HardCaseParams, profile: SiteProfile, field: np.ndarray, brain: np.ndarray,
+                origin: np.ndarray, voxel: tuple[float, float, float], b0: np.ndarray, rng: np.random.Generator,
+                noise_sd: float) -> dict[str, object]:
+    """Hard cases: residual background field, noise that grows where the signal dephases, a mask that loses the
+    dropout voxels and the part of the head below the slab. Returns field, mask, covered (z profile 0/1) and
+    measurements."""
+    if params.background:
+        residual, magnitude = hard_cases.residual_background(subject, draw, brain, origin, voxel, b0,
+                                                             profile.field_strength)
+    else:
+        residual, magnitude = np.zeros(field.shape, np.float32), np.ones(field.shape, np.float32)
+    noise = rng.normal(0, noise_sd, field.shape).astype(np.float32)
+    field = field + residual + noise / np.maximum(magnitude, np.float32(0.1))
+    # motion and ringing act on the acquired complex signal (k-space of the whole field of view, before any mask)
+    if draw.motion_events or draw.ringing_keep < 1.0:
+        rad_per_ppm = 2 * np.pi * hard_cases.GYROMAGNETIC_HZ_PER_PPM_PER_T * profile.field_strength * draw.te_ms / 1e3
+        field = hard_cases.kspace_corrupt(field, voxel, draw, hard_cases.head_magnitude(brain, magnitude, voxel),
+                                          rad_per_ppm)
+    mask = brain & (magnitude > 0.2)
+    covered = np.ones(field.shape[2], np.float32)
+    z_lo = 0
+    if draw.partial_coverage:
+        dn_z = float(np.mean([subject.mni_to_world(np.asarray(d.centre))[2] for d in subject.dentates]))
+        z_world = origin[2] + voxel[2] * np.arange(field.shape[2])
+        covered = (z_world >= dn_z + draw.coverage_cut_mm).astype(np.float32)
+        z_lo = int(np.argmax(covered > 0)) if covered.any() else 0
+        mask = mask & (covered[None, None, :] > 0)
+    return {"field": field, "mask": mask, "covered": covered[None, None, :], "z_lo": z_lo,
+            "residual": residual, "magnitude": magnitude}
+
+
+def _finish_hard_case(out: dict[str, object], subject, draw, anatomy, fine_spacing: np.ndarray,
+                      covered: np.ndarray, extra: dict[str, object]) -> None:
+    """Measure the hard-case factors of a simulated case and crop a partially covered one to its slab."""
+    dn_full = out["dn_true"]
+    cerebellum_full = out["cerebellum"]
+    residual, magnitude = extra["residual"], extra["magnitude"]
+    in_cb = cerebellum_full.astype(bool)
+    voxel = out["voxel"]
+    z_lo = int(extra["z_lo"])
+    if z_lo > 0:  # the scan ends at the slab: crop every array, shift the affine
+        for key in ("qsm", "chi_true", "brain", "dn_true", "cerebellum"):
+            out[key] = np.ascontiguousarray(out[key][:, :, z_lo:])
+        out["raters"] = {k: np.ascontiguousarray(v[:, :, z_lo:]) for k, v in out["raters"].items()}
+        affine = out["affine"].copy()
+        affine[2, 3] += z_lo * voxel[2]
+        out["affine"] = affine
+    dn = out["dn_true"]
+    voxel_volume = float(np.prod(voxel))
+    out["dn_volume_left_mm3"] = float((dn == 1).sum() * voxel_volume)
+    out["dn_volume_right_mm3"] = float((dn == 2).sum() * voxel_volume)
+    contrast = [hard_cases.ring_contrast(out["qsm"], dn, side, out["brain"]) for side in (1, 2)]
+    contacts = [hard_cases.vein_contact(anatomy.dentate, anatomy.vein, np.asarray(fine_spacing), side)
+                for side in (1, 2)]
+    contact = [c[0] for c in contacts]
+    fine_origin = out["affine"][:3, 3] - 0.5 * np.asarray(voxel) + 0.5 * np.asarray(fine_spacing)
+    if z_lo > 0:  # the fine grid started at the uncropped origin
+        fine_origin[2] -= z_lo * voxel[2]
+    out["hard_contact_points_mm"] = {side: None if c[1] is None else fine_origin + c[1] * np.asarray(fine_spacing)
+                                     for side, c in zip((1, 2), contacts, strict=True)}
+    coverage = [float((dn == side).sum() / max((dn_full == side).sum(), 1)) for side in (1, 2)]
+    meta = {
+        "hard_dn_contrast_ppm": float(np.nanmean(contrast)) if np.isfinite(contrast).any() else float("nan"),
+        "hard_dn_contrast_left_ppm": contrast[0], "hard_dn_contrast_right_ppm": contrast[1],
+        "hard_vein_contact_mm": float(np.nanmin(contact)) if np.isfinite(contact).any() else float("nan"),
+        "hard_vein_contact_left_mm": contact[0], "hard_vein_contact_right_mm": contact[1],
+        "hard_dn_coverage": min(coverage), "hard_dn_coverage_left": coverage[0],
+        "hard_dn_coverage_right": coverage[1],
+        "hard_cerebellum_coverage": float(out["cerebellum"].sum() / max(cerebellum_full.sum(), 1)),
+        "hard_partial_coverage": int(draw.partial_coverage),
+        "hard_residual_field_ppm": float(np.sqrt(np.mean(residual[in_cb] ** 2))) if in_cb.any() else 0.0,
+        "hard_dropout_fraction": float(np.mean(magnitude[in_cb] <= 0.2)) if in_cb.any() else 0.0,
+        "hard_head_tilt_deg": hard_cases.tilt_angle_deg(subject),
+        "hard_head_scale": float(np.mean(subject.scale)),
+        "hard_motion_mm": draw.motion_mm(),
+        "hard_ringing_keep": float(draw.ringing_keep),
+        "hard_sinus_in_mask": int(draw.sinus_in_mask),
+        "hard_atrophy": float(subject.cerebellar_atrophy),
+        "hard_lesion_dn_mm": hard_cases.lesion_distance_mm(subject),
+        "hard_dn_heterogeneity": float(subject.dn_heterogeneity),
+        "hard_dn_halo": float(subject.dn_halo[0]),
+    }
+    assert set(meta) == set(hard_cases.META_KEYS)
+    out["hard_meta"] = meta
+    out["hard_draw"] = draw
 
 
 def _write_case(out_dir: Path, site_index: int, subject_index: int, profile: SiteProfile, preset: Preset,
@@ -212,6 +334,8 @@ def _write_case(out_dir: Path, site_index: int, subject_index: int, profile: Sit
         "dn_volume_right_mm3": round(sim["dn_volume_right_mm3"], 1),
         "dn_chi_true_ppm": round(sim["dn_chi_true_ppm"], 4),
     }
+    for key, value in sim.get("hard_meta", {}).items():  # hard cases: the factors a failure study bins by
+        meta[key] = round(float(value), 4) if np.isfinite(value) else "n/a"
     case = Case(case_id, case_id, profile.name, image, labels, cerebellum, meta)
     voxel_mm3 = float(np.prod(voxel))
     tracings = {"true": sim["dn_true"], **sim["raters"]}
@@ -299,8 +423,9 @@ def generate_dataset(out_dir: Path | str, preset: str | Preset = "tiny", seed: i
 
     Args:
         out_dir: output folder (must be empty or absent unless ``overwrite``).
-        preset: 'tiny' (tests, seconds), 'small' (demo, minutes), 'paper' (328 subjects, ~9 s per case,
-            ~1 h per core) or a Preset.
+        preset: 'tiny' (tests, seconds), 'small' (demo, minutes), 'cpu' (1 mm), 'paper' (328 subjects, ~9 s per
+            case, ~1 h per core), 'hard' / 'hard_tiny' (the hard cases of real QSM at 1 mm / 2 mm, module
+            ``hard``) or a Preset.
         seed: master seed; the same seed gives byte-identical arrays, whatever ``n_jobs``.
         n_jobs: parallel worker processes (joblib).
         n_subjects_per_site: override the preset's subjects per site (int, or {site: n}).

@@ -7,6 +7,11 @@ occasional one-voxel in-plane slips), and a per-session threshold drift. A rater
 (threshold offset and part of the boundary field) is drawn from a generator shared by all sessions of that
 rater on that scan, so a retrace agrees with the first tracing more than another rater does (intrarater ICC >
 interrater ICC). Sides come from the nearest true DN (labels 1 left, 2 right).
+
+Boundary uncertainty (hard cases, ``RaterStyle.low_contrast_gain`` > 0; 0 in the default styles): a rater's
+boundary field and per-scan threshold offset grow by ``1 + gain * clip(c_ref / c - 1, 0, 3)`` where ``c`` is the
+scan's DN contrast in ppm (75th percentile inside the DN minus the median of a ring around it) and ``c_ref`` the
+``reference_contrast_ppm``: where the DN is faint, two raters (and two sessions) disagree more on its edge.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class RaterStyle:
         slip_probability: probability that an axial slice is shifted by one voxel in-plane.
         image_weight: weight of the image contrast (vs the true partial-volume fraction) in the score.
         person: the human behind the style ('rater1' for 'rater1_retrace'): seeds the shared reading.
+        low_contrast_gain: growth of the boundary uncertainty at low DN contrast (0: none; see module doc).
+        reference_contrast_ppm: DN contrast (ppm) at and above which the uncertainty does not grow.
     """
 
     name: str
@@ -46,6 +53,8 @@ class RaterStyle:
     slip_probability: float
     image_weight: float
     person: str
+    low_contrast_gain: float = 0.0
+    reference_contrast_ppm: float = 0.10
 
 
 RATER_STYLES = {
@@ -104,7 +113,14 @@ def simulate_tracing(pv_left: np.ndarray, pv_right: np.ndarray, image_ppm: np.nd
     f = style.shared_field_fraction
     field = np.sqrt(f) * shared / (shared.std() + 1e-8) + np.sqrt(1 - f) * own / (own.std() + 1e-8)
     field *= style.field_amplitude
-    threshold = style.threshold + reading_rng.normal(0, style.perception_sd) + rng.normal(0, style.session_sd)
+    if style.low_contrast_gain > 0:  # boundary uncertainty grows where the DN is faint
+        uncertainty = 1.0 + style.low_contrast_gain * float(np.clip(
+            style.reference_contrast_ppm / max(dn_level - bg_level, 1e-3) - 1.0, 0.0, 3.0))
+        field *= np.float32(uncertainty)
+        threshold = style.threshold + uncertainty * (reading_rng.normal(0, style.perception_sd)
+                                                     + rng.normal(0, style.session_sd))
+    else:
+        threshold = style.threshold + reading_rng.normal(0, style.perception_sd) + rng.normal(0, style.session_sd)
     slice_jitter = rng.normal(0, style.slice_sd, pv_box.shape[2]).astype(np.float32)
     traced = (score + field) > (threshold + slice_jitter[None, None, :])
     traced &= near

@@ -19,7 +19,8 @@ from ..io import Volume, load_image, load_label  # noqa: E402
 from ..manifest import Case, read_manifest  # noqa: E402
 
 WINDOW_PPM = (-0.08, 0.16)
-CONTOUR_COLOURS = {"true": "#ff3b30", "rater1": "#ffd60a", "rater2": "#30d5ff", "rater1_retrace": "#7CFC00"}
+CONTOUR_COLOURS = {"true": "#ff3b30", "rater1": "#ffd60a", "rater2": "#30d5ff", "rater1_retrace": "#7CFC00",
+                   "left": "#ff3b30", "right": "#30d5ff"}
 
 
 def _ppm(case: Case, volume: Volume) -> np.ndarray:
