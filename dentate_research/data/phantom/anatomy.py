@@ -557,14 +557,18 @@ def render_subject(subject: SubjectAnatomy, origin: np.ndarray, spacing: np.ndar
             veins.append(([(-p[0], p[1], p[2]) for p in points], radius))
     veins.extend(subject.extra_veins)
     vein_mask = np.zeros(shape, bool) if with_veins else None
-    for points, radius in veins:
+    def tube_pieces(points, radius):
+        """(box, voxels of the box within ``radius`` mm of the polyline segment) for each segment."""
         for a, b in zip(points[:-1], points[1:], strict=True):
             mid = 0.5 * (np.asarray(a, float) + np.asarray(b, float))
             half = 0.5 * float(np.linalg.norm(np.asarray(b, float) - np.asarray(a, float))) + radius
             box = _box_slices(subject, mid, half, origin, spacing, shape)
-            if box is None:
-                continue
-            inside = (_segment_distance(mx[box], my[box], mz[box], a, b) < radius) & brain[box]
+            if box is not None:
+                yield box, _segment_distance(mx[box], my[box], mz[box], a, b) < radius
+
+    for points, radius in veins:
+        for box, in_tube in tube_pieces(points, radius):
+            inside = in_tube & brain[box]
             inside &= dentate[box] == 0
             chi[box][inside] = chi_values["vein"]
             if vein_mask is not None:
@@ -572,13 +576,8 @@ def render_subject(subject: SubjectAnatomy, origin: np.ndarray, spacing: np.ndar
     # Dural sinuses that the brain mask includes (hard cases): drawn whether or not inside the brain, and added
     # to the mask, as a generous mask of a real QSM pipeline does.
     for points, radius in subject.sinuses:
-        for a, b in zip(points[:-1], points[1:], strict=True):
-            mid = 0.5 * (np.asarray(a, float) + np.asarray(b, float))
-            half = 0.5 * float(np.linalg.norm(np.asarray(b, float) - np.asarray(a, float))) + radius
-            box = _box_slices(subject, mid, half, origin, spacing, shape)
-            if box is None:
-                continue
-            inside = (_segment_distance(mx[box], my[box], mz[box], a, b) < radius) & (dentate[box] == 0)
+        for box, in_tube in tube_pieces(points, radius):
+            inside = in_tube & (dentate[box] == 0)
             chi[box][inside] = chi_values["vein"]
             brain[box] |= inside
             if vein_mask is not None:
