@@ -57,6 +57,7 @@ def settings_from_config(cfg, command: str = ""):
         localizer_arch=str(cfg.localizer_arch), loso_sites=list(cfg.loso_sites or []),
         train_overrides=list(cfg.train_overrides), localizer_overrides=list(cfg.localizer_overrides or []),
         arch_overrides={str(k): list(v) for k, v in (cfg.get("arch_overrides") or {}).items()},
+        loso_overrides=list(cfg.get("loso_overrides") or []),
         crops_from_localizer=bool(cfg.get("crops_from_localizer", False)),
         **_failure_settings(cfg),
         device=str(cfg.device), seed=int(cfg.seed), reuse_runs=bool(cfg.reuse_runs), command=command)

@@ -78,6 +78,8 @@ class StudySettings:
         loso_sites: sites left out in T6 (empty: every development site).
         arch_overrides: extra overrides for one architecture's runs (e.g. a smaller nnU-Net on a CPU),
             reported with the tables.
+        loso_overrides: extra overrides for the segmentation runs of T6's left-out-site folds (e.g. a shorter
+            time cap), reported with T6.
         crops_from_localizer: segmentation runs train and validate on the crops of the same fold's localizer
             (``stage.crop.source=localizer``), i.e. exactly the crops the two-step pipeline makes.
         failure_preset, failure_n_subjects_per_site, failure_seed: the hard-case phantoms of T7 (new subjects:
@@ -107,6 +109,7 @@ class StudySettings:
     train_overrides: list[str] = field(default_factory=list)
     localizer_overrides: list[str] = field(default_factory=list)
     arch_overrides: dict[str, list[str]] = field(default_factory=dict)
+    loso_overrides: list[str] = field(default_factory=list)
     crops_from_localizer: bool = False
     failure_preset: str = "hard"
     failure_n_subjects_per_site: int = 3
@@ -197,6 +200,8 @@ class StudyRunner:
             overrides += list(s.localizer_overrides)
         else:
             overrides += list(s.arch_overrides.get(arch, []))
+            if fold.startswith("loso:"):
+                overrides += list(s.loso_overrides)
             if localizer_run is not None:  # train and validate on the crops this fold's localizer makes at inference
                 overrides += ["stage.crop.source=localizer", f"stage.crop.localizer_run={localizer_run}"]
         return overrides
@@ -576,7 +581,9 @@ class StudyRunner:
                 bland_altman_plot(part, self.fig_dir / f"T6_bland_altman_volume_{side}.png",
                                   title=f"Unseen sites, {side} DN volume (mm^3)")
         notes = (f"Left-out sites: {', '.join(sites)}; each row of 'all' pools the left-out sites' cases, each "
-                 "predicted by models trained without its site. ICC2 = ICC(2,1) absolute agreement, ICC3 = "
+                 "predicted by models trained without its site"
+                 + (f" (segmentation runs with {self.s.loso_overrides})" if self.s.loso_overrides else "")
+                 + ". ICC2 = ICC(2,1) absolute agreement, ICC3 = "
                  f"ICC(3,1) consistency. Paper (unseen datasets, volume): Pearson r "
                  f"{PAPER['unseen_pearson_volume_left']} left, {PAPER['unseen_pearson_volume_right']} right.")
         return write_table(table, self.s.out_dir, "T6_unseen_sites",
