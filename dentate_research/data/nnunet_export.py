@@ -4,6 +4,10 @@
 chosen for training, images only) and ``dataset.json`` (channel "QSM" -> per-case z-score normalization;
 labels background 0, left_DN 1, right_DN 2). Images and labels are written in canonical RAS on the same grid;
 images stored in ppb are converted to ppm (manifest column ``units``). This module does not import nnunetv2.
+
+The raw-layout writer (:func:`raw_dataset_folder`, :func:`write_raw_case`, :func:`write_dataset_json`) is shared
+with the nnU-Net training runner (:mod:`dentate_research.training.nnunet_runner`), which writes prepared stage
+samples instead of manifest cases.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,6 +34,38 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise ValueError(f"dataset name '{name}' may only contain letters, digits, '-' and '_'")
     return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def raw_dataset_folder(raw_dir: Path | str, dataset_id: int, name: str,
+                       subfolders: tuple[str, ...] = ("imagesTr", "labelsTr")) -> Path:
+    """``raw_dir/DatasetXXX_Name`` with its ``subfolders`` created; returns the dataset folder."""
+    folder = Path(raw_dir) / dataset_folder_name(dataset_id, name)
+    for sub in subfolders:
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_raw_case(folder: Path, case_id: str, image: np.ndarray, affine: np.ndarray,
+                   label: np.ndarray | None = None, label_affine: np.ndarray | None = None) -> None:
+    """Write one case in nnU-Net's raw layout: a training case (``label`` given) as ``imagesTr/<id>_0000.nii.gz``
+    + ``labelsTr/<id>.nii.gz`` (on ``label_affine``, default ``affine``), a test case as
+    ``imagesTs/<id>_0000.nii.gz``. ``image`` in ppm, ``affine`` RAS mm."""
+    target = "imagesTs" if label is None else "imagesTr"
+    save_nifti(image, affine, folder / target / f"{case_id}_0000.nii.gz")
+    if label is not None:
+        save_nifti(label, affine if label_affine is None else label_affine, folder / "labelsTr" / f"{case_id}.nii.gz",
+                   is_label=True)
+
+
+def write_dataset_json(folder: Path, labels: dict[str, int], n_training: int, description: str,
+                       **extra: Any) -> Path:
+    """``dataset.json`` of a raw dataset: one channel "QSM" (nnU-Net's per-case z-score), ``labels`` (name ->
+    value), ``numTraining``, ``.nii.gz`` files, the dataset name from the folder, plus ``extra`` keys."""
+    dataset = {"name": folder.name.split("_", 1)[1], "description": description, "channel_names": {"0": "QSM"},
+               "labels": dict(labels), "numTraining": int(n_training), "file_ending": ".nii.gz", **extra}
+    path = folder / "dataset.json"
+    path.write_text(json.dumps(dataset, indent=2) + "\n")
+    return path
 
 
 def _ppm(case: Case, array: np.ndarray) -> np.ndarray:
@@ -78,27 +115,14 @@ def export_nnunet(manifest: Path | str | list[Case], raw_dir: Path | str, datase
     folder = Path(raw_dir) / dataset_folder_name(dataset_id, name)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder}: exists and is not empty; pass overwrite=True (CLI: --overwrite)")
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    folder = raw_dataset_folder(raw_dir, dataset_id, name, ("imagesTr", "labelsTr", "imagesTs"))
     train_set = set(train_ids)
     for case in tqdm(cases, desc="nnU-Net export", disable=not progress):
         image = load_image(case.image)
-        training = case.case_id in train_set
-        target = "imagesTr" if training else "imagesTs"
-        save_nifti(_ppm(case, image.array), image.affine, folder / target / f"{case.case_id}_0000.nii.gz")
-        if training:
-            label = load_label(case.label(rater), reference=image)
-            save_nifti(label.array, label.affine, folder / "labelsTr" / f"{case.case_id}.nii.gz",
-                       is_label=True)
-    dataset = {
-        "name": name,
-        "description": f"DN segmentation in QSM; labels from rater '{rater}'; exported by dentate_research",
-        "channel_names": {"0": "QSM"},
-        "labels": dict(NNUNET_LABELS),
-        "numTraining": len(train_ids),
-        "file_ending": ".nii.gz",
-        "rater": rater,
-        "sites": sorted({by_id[i].site for i in train_ids}),
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        label = load_label(case.label(rater), reference=image) if case.case_id in train_set else None
+        write_raw_case(folder, case.case_id, _ppm(case, image.array), image.affine,
+                       None if label is None else label.array, None if label is None else label.affine)
+    write_dataset_json(folder, NNUNET_LABELS, len(train_ids),
+                       f"DN segmentation in QSM; labels from rater '{rater}'; exported by dentate_research",
+                       rater=rater, sites=sorted({by_id[i].site for i in train_ids}))
     return folder

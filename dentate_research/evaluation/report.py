@@ -16,7 +16,7 @@ import pandas as pd
 
 from dentate_research.data.atomic import write_csv_atomic, write_text_atomic
 
-from .stats import agreement, format_mean_sd, paired_comparison, summarize
+from .stats import agreement, format_mean_sd, paired_comparison, paired_dropped_cases, summarize
 
 REPORT_FILES = ("per_case.csv", "summary_by_side.csv", "summary_by_site.csv", "summary_by_group.csv", "agreement.csv",
                 "summary.md", "report.json", "bland_altman_volume.png", "bland_altman_susceptibility.png",
@@ -140,30 +140,12 @@ def comparison_exclusions(df: pd.DataFrame, metrics: Sequence[str] = ("dice", "h
                           methods: Sequence[str] | None = None, method_col: str = "method",
                           pair_on: Sequence[str] = ("case", "side", "reference"), by: Sequence[str] = ("side",)
                           ) -> pd.DataFrame:
-    """The cases a paired comparison drops: per metric, group (side) and method pair, the cases present for
-    either method whose value is missing or NaN for one of them (``n_dropped``, ``dropped_cases`` ";"-joined)."""
-    methods = list(methods) if methods is not None else list(dict.fromkeys(df[method_col]))
-    by = [b for b in by if b in df.columns]
-    keys = [k for k in pair_on if k in df.columns and k not in by]
-    rows = []
-    for metric in metrics:
-        if metric not in df.columns:
-            continue
-        wide = df.pivot_table(index=[*by, *keys], columns=method_col, values=metric, aggfunc="first", dropna=False)
-        groups = wide.groupby(level=list(range(len(by)))) if by else [((), wide)]
-        for key, part in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            for i, a in enumerate(methods):
-                for b in methods[i + 1:]:
-                    if a not in part.columns or b not in part.columns:
-                        continue
-                    bad = part[a].isna() | part[b].isna()
-                    dropped = part.index[bad.to_numpy()]
-                    cases = sorted({str(dict(zip(part.index.names, idx if isinstance(idx, tuple) else (idx,),
-                                                 strict=True)).get("case", idx)) for idx in dropped})
-                    rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "method_a": a, "method_b": b,
-                                 "n_dropped": len(cases), "dropped_cases": ";".join(cases)})
-    return pd.DataFrame(rows, columns=[*by, "metric", "method_a", "method_b", "n_dropped", "dropped_cases"])
+    """The cases the paired comparisons drop, per metric (:func:`~.stats.paired_dropped_cases` stacked):
+    per metric, group (side) and method pair, ``n_dropped`` and ``dropped_cases`` (";"-joined)."""
+    parts = [paired_dropped_cases(df, m, method_col, pair_on, by, methods) for m in metrics]
+    columns = [*[b for b in by if b in df.columns], "metric", "method_a", "method_b", "n_dropped", "dropped_cases"]
+    rows = [p for p in parts if not p.empty]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
 
 
 def write_comparison(df: pd.DataFrame, out_dir: Path | str, metrics: Sequence[str] = ("dice", "hd95_mm"),

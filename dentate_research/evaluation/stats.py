@@ -11,7 +11,7 @@ d_z (mean difference / SD of differences) and the matched-pairs rank-biserial co
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -229,35 +229,65 @@ def paired_test(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     return out
 
 
+def _method_pairs(df: pd.DataFrame, metric: str, method_col: str, pair_on: Sequence[str], by: Sequence[str],
+                  methods: Sequence[str] | None, dropna: bool
+                  ) -> Iterator[tuple[dict[str, object], str, str, pd.DataFrame]]:
+    """Per group of ``by`` and per pair of methods (a before b in ``methods`` order, default the table's order of
+    appearance): (group values, a, b, wide table of the group indexed by ``by`` + ``pair_on``, one column per
+    method). ``dropna=True`` leaves out rows and methods whose values are all NaN (pandas ``pivot_table``)."""
+    methods = list(methods) if methods is not None else list(dict.fromkeys(df[method_col]))
+    by = [b for b in by if b in df.columns]
+    keys = [k for k in pair_on if k in df.columns and k not in by]
+    wide = df.pivot_table(index=[*by, *keys], columns=method_col, values=metric, aggfunc="first", dropna=dropna)
+    groups = wide.groupby(level=list(range(len(by)))) if by else [((), wide)]
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                if a in part.columns and b in part.columns:
+                    yield dict(zip(by, key, strict=True)), a, b, part
+
+
 def paired_comparison(df: pd.DataFrame, metric: str = "dice", method_col: str = "method",
                       pair_on: Sequence[str] = ("case", "side", "reference"), by: Sequence[str] = ("side",),
                       methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Paired comparison of every pair of methods in a long table, per group (default per side).
 
     Rows are paired on ``pair_on`` (same case, side and reference); cases missing for either method (or NaN)
-    are dropped and ``n`` says how many pairs were used. ``method_a`` is the first method in ``methods`` order
-    (default: the table's order of appearance).
+    are dropped and ``n`` says how many pairs were used (which cases: :func:`paired_dropped_cases`).
+    ``method_a`` is the first method in ``methods`` order (default: the table's order of appearance).
     """
     if metric not in df.columns:
         raise ValueError(f"metric '{metric}' not in table columns {list(df.columns)}")
     methods = list(methods) if methods is not None else list(dict.fromkeys(df[method_col]))
     if len(methods) < 2:
         raise ValueError(f"paired comparison needs at least 2 methods in column '{method_col}', got {methods}")
-    by = [b for b in by if b in df.columns]
-    keys = [k for k in pair_on if k in df.columns and k not in by]
-    wide = df.pivot_table(index=[*by, *keys], columns=method_col, values=metric, aggfunc="first")
     rows = []
-    groups = wide.groupby(level=list(range(len(by)))) if by else [((), wide)]
-    for key, part in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        for i, a in enumerate(methods):
-            for b in methods[i + 1:]:
-                if a not in part.columns or b not in part.columns:
-                    continue
-                res = paired_test(part[a].to_numpy(), part[b].to_numpy())
-                rows.append({**dict(zip(by, key, strict=True)), "metric": metric, "method_a": a, "method_b": b,
-                             **res})
+    for group, a, b, part in _method_pairs(df, metric, method_col, pair_on, by, methods, dropna=True):
+        res = paired_test(part[a].to_numpy(), part[b].to_numpy())
+        rows.append({**group, "metric": metric, "method_a": a, "method_b": b, **res})
     return pd.DataFrame(rows)
+
+
+def paired_dropped_cases(df: pd.DataFrame, metric: str = "dice", method_col: str = "method",
+                         pair_on: Sequence[str] = ("case", "side", "reference"), by: Sequence[str] = ("side",),
+                         methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """The cases :func:`paired_comparison` drops: per group (side) and method pair, the cases present for either
+    method whose value is missing or NaN for one of them (``n_dropped``, ``dropped_cases`` ";"-joined). Unlike
+    the comparison, rows and methods whose values are all NaN count (as dropped), so a method without any value
+    is reported too. Returns an empty table when ``metric`` is not a column."""
+    by_present = [b for b in by if b in df.columns]
+    columns = [*by_present, "metric", "method_a", "method_b", "n_dropped", "dropped_cases"]
+    if metric not in df.columns:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for group, a, b, part in _method_pairs(df, metric, method_col, pair_on, by, methods, dropna=False):
+        dropped = part.index[(part[a].isna() | part[b].isna()).to_numpy()]
+        cases = sorted({str(dict(zip(part.index.names, idx if isinstance(idx, tuple) else (idx,),
+                                     strict=True)).get("case", idx)) for idx in dropped})
+        rows.append({**group, "metric": metric, "method_a": a, "method_b": b, "n_dropped": len(cases),
+                     "dropped_cases": ";".join(cases)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def agreement(df: pd.DataFrame, pred_col: str = "volume_pred_mm3", ref_col: str = "volume_ref_mm3",

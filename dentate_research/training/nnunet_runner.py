@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,7 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.io import DataError, save_nifti
+from ..data.io import DataError
+from ..data.nnunet_export import dataset_folder_name as dataset_name
+from ..data.nnunet_export import raw_dataset_folder, write_dataset_json, write_raw_case
 from .preprocessing import StageSample
 
 NNUNET_CONFIGURATION = "dentate"
@@ -67,30 +68,19 @@ def nnunet_environment(root: Path | None, n_proc_DA: int = 0, n_proc: int = 2) -
                 os.environ[k] = v
 
 
-def dataset_name(dataset_id: int, name: str) -> str:
-    if not 1 <= int(dataset_id) <= 999:
-        raise ValueError(f"nnU-Net dataset_id must be in 1..999, got {dataset_id}")
-    return f"Dataset{int(dataset_id):03d}_{name}"
-
-
 def write_raw_dataset(raw_root: Path, dataset_id: int, name: str, samples: Sequence[StageSample],
                       classes: Sequence[str]) -> Path:
-    """Write prepared samples in nnU-Net's raw layout (imagesTr/<id>_0000.nii.gz, labelsTr, dataset.json).
+    """Write prepared samples in nnU-Net's raw layout (imagesTr/<id>_0000.nii.gz, labelsTr, dataset.json) with
+    the writer of :mod:`dentate_research.data.nnunet_export`.
 
     Images are written before normalization (ppm); channel name "QSM" selects nnU-Net's own per-case z-score,
     which it also applies at inference to the raw volume a StageModel receives.
     """
-    folder = Path(raw_root) / dataset_name(dataset_id, name)
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    folder = raw_dataset_folder(raw_root, dataset_id, name)
     for s in samples:
-        image = s.image if s.raw_image is None else s.raw_image
-        save_nifti(image, s.affine, folder / "imagesTr" / f"{s.case_id}_0000.nii.gz")
-        save_nifti(s.label, s.affine, folder / "labelsTr" / f"{s.case_id}.nii.gz", is_label=True)
-    dataset_json = {"channel_names": {"0": "QSM"}, "labels": {c: i for i, c in enumerate(classes)},
-                    "numTraining": len(samples), "file_ending": ".nii.gz",
-                    "description": "dentate_research stage samples (canonical RAS; nnU-Net LR axis = last)"}
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1) + "\n")
+        write_raw_case(folder, s.case_id, s.image if s.raw_image is None else s.raw_image, s.affine, s.label)
+    write_dataset_json(folder, {c: i for i, c in enumerate(classes)}, len(samples),
+                       "dentate_research stage samples (canonical RAS; nnU-Net LR axis = last)")
     return folder
 
 
