@@ -5,7 +5,9 @@ and the same post-processing (largest component per side, sides checked in world
 
 * ``two_step``: :class:`~dentate_research.inference.DentatePredictor` (localizer at its coarse spacing ->
   bounding box + margin -> crop -> segmenter on the crop -> uncrop);
-* ``whole_volume``: the segmenter's sliding window over the whole head (``segmenter.predict(volume)``).
+* ``whole_volume``: the segmenter's sliding window over the whole head
+  (:func:`~dentate_research.inference.whole_volume.predict_whole_volume`, the one-step method of study T4: sides
+  from world x relative to the head centre, as there is no cerebellar mask).
 
 Test scans are whole-head QSM phantoms generated at 1 mm isotropic (``dentate_research.data.phantom`` with a
 custom preset, sites' own orientations/units/reconstructions) held out from training; the 0.6 mm versions
@@ -95,7 +97,7 @@ def worker(args: argparse.Namespace) -> int:
     from dentate_research.data.io import Volume
     from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
     from dentate_research.inference.pipeline import DentatePredictor, SegmentationError
-    from dentate_research.inference.postprocess import postprocess_dn_labels
+    from dentate_research.inference.whole_volume import predict_whole_volume
     from dentate_research.training.inferer import dice
 
     torch.set_num_threads(args.threads)
@@ -118,11 +120,8 @@ def worker(args: argparse.Namespace) -> int:
                 except SegmentationError as exc:
                     labels, status, steps = np.zeros(volume.shape, np.uint8), f"failed:{exc.reason}", {}
             else:
-                raw = predictor.segmenter.predict(volume)
-                t_seg = time.perf_counter() - t0
-                labels, report = postprocess_dn_labels(raw, volume.affine)
-                flags = [f"{s}_dn_empty" for s in report.empty_sides]
-                steps = {"segmentation": t_seg, "postprocess": time.perf_counter() - t0 - t_seg}
+                whole = predict_whole_volume(predictor.segmenter, volume)
+                labels, flags, steps = whole.labels, whole.flags, whole.timings_s
             seconds = time.perf_counter() - t0
             cpu_seconds = time.process_time() - cpu0
         rows.append({

@@ -213,12 +213,9 @@ def _run_template(args: argparse.Namespace) -> int:
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
-    import pandas as pd
-    from tqdm import tqdm
-
     from dentate_research.baselines import BASELINES, Template, check_no_overlap
+    from dentate_research.baselines.apply import attach_diagnostics, baseline_params, segment_cases
     from dentate_research.data.atomic import write_csv_atomic
-    from dentate_research.data.io import load_image, save_like
     from dentate_research.evaluation.metrics import evaluate_cases
     from dentate_research.evaluation.report import write_report
 
@@ -233,49 +230,16 @@ def _run_baseline(args: argparse.Namespace) -> int:
         raise ValueError(f"--param: {exc}") from exc
     method = args.method or args.baseline
     seg_dir = args.out / "segmentations"
-    predictions, diagnostics = {}, []
-    for case in tqdm(cases, desc=f"baseline {args.baseline}"):
-        image = load_image(case.image)
-        labels, diag = model.segment_with_diagnostics(image)
-        predictions[case.case_id] = save_like(labels, image, seg_dir / f"{case.case_id}_seg.nii.gz", is_label=True)
-        diagnostics.append({"case": case.case_id, **{k: ";".join(v) if isinstance(v, list) else v
-                                                     for k, v in diag.items() if k != "params"}})
-    diag_table = pd.DataFrame(diagnostics)
+    predictions, diag_table = segment_cases(model, cases, seg_dir, desc=f"baseline {args.baseline}")
     write_csv_atomic(diag_table, args.out / "baseline_diagnostics.csv")
     table = evaluate_cases(cases, predictions, method=method, reference=args.reference,
                            fold=args.fold if args.splits else None)
     table = attach_diagnostics(table, diag_table)
     paths = write_report(table, args.out, title=f"{method} baseline vs {args.reference}", plots=not args.no_plots,
                          extra={"baseline": args.baseline, "template": str(args.template),
-                                "params": _model_params(model)})
+                                "params": baseline_params(model)})
     print(f"segmented {len(cases)} case(s) into {seg_dir}; wrote {paths['per_case']} and {paths['summary_md']}")
     return 0
-
-
-def _model_params(model: object) -> dict[str, object]:
-    from dataclasses import asdict, is_dataclass
-
-    params = getattr(model, "params", None)
-    if params is not None and is_dataclass(params):
-        return asdict(params)
-    return {"threshold": getattr(model, "threshold", None)}
-
-
-def attach_diagnostics(table, diag_table):  # (pd.DataFrame, pd.DataFrame) -> pd.DataFrame
-    """Add per-side baseline diagnostics (``baseline_<name>``) and case-level ones to the per-case table."""
-    import pandas as pd
-
-    rows = []
-    for _, d in diag_table.iterrows():
-        for side in ("left", "right"):
-            row = {"case": d["case"], "side": side}
-            for key, value in d.items():
-                if key.startswith(f"{side}_"):
-                    row[f"baseline_{key[len(side) + 1:]}"] = value
-                elif not key.startswith(("left_", "right_")) and key != "case":
-                    row["baseline_case_flags" if key == "flags" else f"baseline_{key}"] = value
-            rows.append(row)
-    return table.merge(pd.DataFrame(rows), on=["case", "side"], how="left")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
