@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from dentate_research.data.io import Volume
-from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, enforce_world_sides
+from dentate_research.data.labels import LEFT_DN, RIGHT_DN
+from dentate_research.data.laterality import enforce_world_sides
 
 from .classical import WarpedAtlas, warp_template
 from .template import Template

@@ -31,7 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 from dentate_research.data.io import Volume
-from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, SIDE_NAMES, enforce_world_sides
+from dentate_research.data.labels import DN_SIDES, SIDE_NAMES
+from dentate_research.data.laterality import enforce_world_sides
 
 from .template import Template, foreground_mask, register, warp
 
@@ -186,7 +187,7 @@ class ClassicalBaseline:
                                    "noise_threshold": noise_threshold, "seed_threshold": seed_threshold}
         flags: list[str] = []
         structure = ndimage.generate_binary_structure(3, 1)
-        for s, side in enumerate((LEFT_DN, RIGHT_DN)):
+        for s, side in enumerate(DN_SIDES):
             name = SIDE_NAMES[side]
             prob = atlas.dn_probability[s]
             core = prob >= p.seed_probability

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from dentate_research.data.geometry import bbox_from_mask, resample_to_spacing
 from dentate_research.data.io import DataError, Volume, load_image, load_label
-from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
+from dentate_research.data.labels import DN_SIDES
 from dentate_research.data.manifest import Case
 
 TEMPLATE_FORMAT_VERSION = 1
@@ -287,7 +287,7 @@ def check_no_overlap(template: Template, cases: list[Case]) -> None:
 
 
 def _side_masks(labels: np.ndarray) -> np.ndarray:
-    return np.stack([(labels == LEFT_DN), (labels == RIGHT_DN)]).astype(np.float32)
+    return np.stack([labels == side for side in DN_SIDES]).astype(np.float32)
 
 
 def build_template(cases: list[Case], *, rater: str = "rater1", spacing_mm: float = 1.0,

@@ -1,17 +1,19 @@
 """Left/right bookkeeping in world (RAS) coordinates.
 
-Label convention everywhere in the project: 0 background, 1 = LEFT dentate nucleus, 2 = RIGHT dentate nucleus,
-where left/right are the subject's sides in world RAS coordinates (x < midline is left), whatever the array
-orientation on disk.
+Label convention everywhere in the project (defined in :mod:`dentate_research.data.labels`): 0 background,
+1 = LEFT dentate nucleus, 2 = RIGHT dentate nucleus, where left/right are the subject's sides in world RAS
+coordinates (x < midline is left), whatever the array orientation on disk. ``LEFT_DN``, ``RIGHT_DN``,
+``SIDE_NAMES`` and ``swap_left_right_labels`` are re-exported from there.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-LEFT_DN = 1
-RIGHT_DN = 2
-SIDE_NAMES = {LEFT_DN: "left", RIGHT_DN: "right"}
+from .labels import LEFT_DN, RIGHT_DN, SIDE_NAMES, swap_left_right_labels
+
+__all__ = ["LEFT_DN", "RIGHT_DN", "SIDE_NAMES", "check_sides", "enforce_world_sides", "lr_axis", "midline_x",
+           "mirror_left_right", "swap_left_right_labels", "world_centroid"]
 
 
 def lr_axis(affine: np.ndarray) -> tuple[int, int]:
@@ -19,14 +21,6 @@ def lr_axis(affine: np.ndarray) -> tuple[int, int]:
     column_x = affine[0, :3]
     axis = int(np.argmax(np.abs(column_x)))
     return axis, int(np.sign(column_x[axis]))
-
-
-def swap_left_right_labels(labels: np.ndarray) -> np.ndarray:
-    """Swap labels 1 and 2 (what a left-right mirror of the image requires)."""
-    out = labels.copy()
-    out[labels == LEFT_DN] = RIGHT_DN
-    out[labels == RIGHT_DN] = LEFT_DN
-    return out
 
 
 def mirror_left_right(image: np.ndarray, labels: np.ndarray | None, affine: np.ndarray

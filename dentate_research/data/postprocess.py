@@ -1,7 +1,7 @@
 """Post-processing of a DN label map: one connected component per side, sides checked in world RAS.
 
 Labels: 0 background, 1 = left DN, 2 = right DN (subject's sides in world coordinates, see
-:mod:`dentate_research.data.laterality`).
+:mod:`dentate_research.data.labels`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .geometry import largest_component
-from .laterality import LEFT_DN, RIGHT_DN, SIDE_NAMES, check_sides, enforce_world_sides, midline_x
+from .labels import BACKGROUND, DN_SIDES, LEFT_DN, RIGHT_DN, SIDE_NAMES
+from .laterality import check_sides, enforce_world_sides, midline_x
 
 
 @dataclass
@@ -45,7 +46,7 @@ def keep_largest_component_per_side(labels: np.ndarray) -> tuple[np.ndarray, dic
     """Keep each side's largest 26-connected component; returns the new map and voxels removed per side."""
     out = np.zeros(labels.shape, dtype=np.uint8)
     removed: dict[str, int] = {}
-    for value in (LEFT_DN, RIGHT_DN):
+    for value in DN_SIDES:
         side = labels == value
         kept = largest_component(side)
         out[kept] = value
@@ -93,7 +94,7 @@ def postprocess_dn_labels(labels: np.ndarray, affine: np.ndarray, midline_x_mm: 
     Returns:
         The cleaned uint8 label map and a :class:`PostprocessReport`.
     """
-    values = set(np.unique(labels).tolist()) - {0, LEFT_DN, RIGHT_DN}
+    values = set(np.unique(labels).tolist()) - {BACKGROUND, LEFT_DN, RIGHT_DN}
     if values:
         raise ValueError(f"DN label map has values {sorted(values)}; allowed 0, {LEFT_DN} (left), {RIGHT_DN} (right)")
     if side_assignment not in ("world", "model"):
@@ -114,7 +115,7 @@ def postprocess_dn_labels(labels: np.ndarray, affine: np.ndarray, midline_x_mm: 
     report = PostprocessReport(sides_swapped=swapped, removed_voxels=removed,
                                left_x_mm=sides["left_x_mm"], right_x_mm=sides["right_x_mm"],  # type: ignore[arg-type]
                                midline_x_mm=midline_x_mm, side_assignment=mode, model_side_agreement=agreement)
-    report.empty_sides = [SIDE_NAMES[v] for v in (LEFT_DN, RIGHT_DN) if not np.any(cleaned == v)]
+    report.empty_sides = [SIDE_NAMES[v] for v in DN_SIDES if not np.any(cleaned == v)]
     if midline_x_mm is not None and report.left_x_mm is not None and report.right_x_mm is not None:
         report.same_hemisphere = bool((report.left_x_mm - midline_x_mm) * (report.right_x_mm - midline_x_mm) > 0)
     return cleaned.astype(np.uint8), report
@@ -134,7 +135,7 @@ def side_statistics(labels: np.ndarray, image: np.ndarray, spacing_mm: tuple[flo
     if nonfinite is not None:
         valid &= ~np.asarray(nonfinite, bool)
     stats: dict[str, float | int | None] = {}
-    for value in (LEFT_DN, RIGHT_DN):
+    for value in DN_SIDES:
         name = SIDE_NAMES[value]
         mask = labels == value
         count = int(mask.sum())

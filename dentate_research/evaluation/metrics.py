@@ -22,7 +22,8 @@ Euclidean in mm with the grid's (possibly anisotropic) voxel spacing, as in MONA
 
 Empty-mask policy (documented and tested):
 
-- both empty: Dice NaN, distances NaN, flag ``both_empty``. A DN absent from the reference is a missing or
+- both empty: Dice NaN (:func:`dentate_research.data.overlap.dice` with ``empty="nan"``), distances NaN, flag
+  ``both_empty``. A DN absent from the reference is a missing or
   failed tracing rather than a true negative, so it must not inflate mean Dice with 1.0; NaN rows are
   excluded from means and counted separately by :func:`dentate_research.evaluation.stats.summarize`
   (MONAI ``DiceMetric(ignore_empty=True)`` also gives NaN).
@@ -40,16 +41,16 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
-from dentate_research.data.io import DataError, Volume, check_same_grid, load_image, load_label
-from dentate_research.data.laterality import SIDE_NAMES
+from dentate_research.data.io import DataError, Volume, check_same_grid, load_label
+from dentate_research.data.labels import DN_SIDES, SIDE_NAMES
 from dentate_research.data.manifest import Case
+from dentate_research.data.overlap import dice  # also re-exported to this module's callers
+from dentate_research.data.units import UNIT_TO_PPM, case_image_in_ppm, load_case_image_ppm  # noqa: F401 (re-exports)
 
 METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "volume_pred_mm3", "volume_ref_mm3", "chi_pred_ppm",
                   "chi_ref_ppm")
 ID_COLUMNS = ("case", "subject", "site", "group", "method", "fold", "side", "reference")
 EMPTY_FLAGS = ("both_empty", "empty_prediction", "empty_reference")
-# image units -> factor to ppm, from the manifest's optional 'units' column (default ppm)
-UNIT_TO_PPM = {"": 1.0, "ppm": 1.0, "ppb": 1e-3}
 # manifest meta columns copied into the table when present (for failure analysis by age, scanner, algorithm)
 META_COLUMNS = ("age", "sex", "field_strength", "voxel_size", "reconstruction")
 
@@ -57,15 +58,6 @@ META_COLUMNS = ("age", "sex", "field_strength", "voxel_size", "reconstruction")
 def voxel_volume_mm3(affine: np.ndarray) -> float:
     """Volume of one voxel in mm^3 (absolute determinant of the affine's 3x3 part)."""
     return float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks; NaN when both are empty (see module policy)."""
-    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
-    total = int(pred.sum()) + int(ref.sum())
-    if total == 0:
-        return float("nan")
-    return 2.0 * int(np.logical_and(pred, ref).sum()) / total
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -135,7 +127,7 @@ def side_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float,
         flag = ""
     hd, assd = hd95_and_assd(pred, ref, spacing)
     out: dict[str, float | str] = {
-        "dice": dice(pred, ref),
+        "dice": dice(pred, ref, empty="nan"),
         "hd95_mm": hd,
         "assd_mm": assd,
         "volume_pred_mm3": n_pred * voxel_mm3,
@@ -152,7 +144,7 @@ def _as_array(x: Volume | np.ndarray) -> np.ndarray:
 
 
 def evaluate_case(pred: Volume | np.ndarray, ref: Volume, image: Volume | None = None,
-                  sides: Iterable[int] = (1, 2)) -> list[dict[str, float | str]]:
+                  sides: Iterable[int] = DN_SIDES) -> list[dict[str, float | str]]:
     """Metrics per side of a predicted label map against a reference label map.
 
     Args:
@@ -237,22 +229,6 @@ def find_prediction(pred_dir: Path, case_id: str, suffix: str = "_seg.nii.gz", i
     return None, candidates
 
 
-def load_case_image_ppm(case: Case) -> Volume:
-    """A case's image converted to ppm using the manifest's optional ``units`` column (ppm or ppb)."""
-    return case_image_in_ppm(case, load_image(case.image))
-
-
-def case_image_in_ppm(case: Case, image: Volume) -> Volume:
-    """``image`` (the case's image, already loaded) in ppm according to the manifest's ``units`` column."""
-    units = str(case.meta.get("units", "")).strip().lower()
-    if units not in UNIT_TO_PPM:
-        raise DataError(f"case {case.case_id}: image units '{units}' cannot be converted to ppm; "
-                        f"allowed: {sorted(u for u in UNIT_TO_PPM if u)} (manifest column 'units')")
-    if UNIT_TO_PPM[units] != 1.0:
-        image = image.with_array(image.array * np.float32(UNIT_TO_PPM[units]))
-    return image
-
-
 class MissingPredictionError(DataError):
     """A case has no prediction file; the message names the case and the paths looked for."""
 
@@ -297,8 +273,8 @@ def evaluate_cases(cases: list[Case], predictions: Mapping[str, Path] | Path | s
                 where = " or ".join(str(p) for p in looked) or "(no path given for this case)"
                 raise MissingPredictionError(f"case {case.case_id}: prediction not found; looked for {where} "
                                              "(pass --allow-missing / allow_missing=True to count it instead)")
-            for side in ("left", "right"):
-                rows.append({**ident, "side": side, **{m: float("nan") for m in METRIC_COLUMNS},
+            for side in DN_SIDES:
+                rows.append({**ident, "side": SIDE_NAMES[side], **{m: float("nan") for m in METRIC_COLUMNS},
                              "flag": "missing_prediction", "prediction": ""})
             continue
         image = load_case_image_ppm(case)

@@ -7,7 +7,8 @@ Gaussian importance weighting).
 TTA policies:
     ``none``: a single pass.
     ``lr_swap``: also predict the left-right mirrored image, mirror the output back and swap the left/right DN
-    channels (1 <-> 2) before averaging; for side-less targets (cerebellum) no channel swap is needed.
+    channels (1 <-> 2, :func:`dentate_research.data.labels.swap_left_right_channels`) before averaging; for
+    side-less targets (cerebellum) no channel swap is needed.
     ``all_flips_lr_swap``: every combination of flips over the three axes, with the channel swap whenever the
     left-right axis is flipped (8 passes).
 A plain left-right flip without channel swap is never used for lateralized labels.
@@ -24,6 +25,8 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from ..data.geometry import largest_component
+from ..data.labels import LATERAL, swap_left_right_channels
+from ..data.overlap import dice as _dice
 
 TTA_POLICIES = ("none", "lr_swap", "all_flips_lr_swap")
 BLEND_MODES = ("gaussian", "constant")
@@ -68,13 +71,6 @@ def tta_flip_sets(policy: str, lr_axis: int) -> list[tuple[int, ...]]:
     return [tuple(c) for r in range(4) for c in itertools.combinations(range(3), r)]
 
 
-def swap_lr_channels(probs: torch.Tensor, left: int = 1, right: int = 2) -> torch.Tensor:
-    """Swap the left/right DN channels of a (B, C, ...) tensor."""
-    order = list(range(probs.shape[1]))
-    order[left], order[right] = right, left
-    return probs[:, order]
-
-
 @torch.no_grad()
 def predict_probabilities(network: torch.nn.Module, image: np.ndarray, settings: InfererSettings,
                           device: torch.device | str = "cpu", lr_axis: int = 0, lateralized: bool = True,
@@ -105,8 +101,8 @@ def predict_probabilities(network: torch.nn.Module, image: np.ndarray, settings:
         probs = torch.softmax(logits.float(), dim=1)
         if dims:
             probs = torch.flip(probs, dims)
-            if lateralized and lr_axis in flip and probs.shape[1] >= 3:
-                probs = swap_lr_channels(probs)
+            if lateralized and lr_axis in flip and probs.shape[1] >= LATERAL.n_classes:
+                probs = swap_left_right_channels(probs, axis=1)
         total = probs if total is None else total + probs
     return (total / len(flips))[0].cpu().numpy()  # type: ignore[index,operator]
 
@@ -124,9 +120,6 @@ def postprocess_labels(labels: np.ndarray, largest_component_per_class: bool = T
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks; both empty -> 1.0 (explicit policy), one empty -> 0.0."""
-    p, r = pred.astype(bool), ref.astype(bool)
-    denom = int(p.sum()) + int(r.sum())
-    if denom == 0:
-        return 1.0
-    return 2.0 * int((p & r).sum()) / denom
+    """Training-validation Dice: :func:`dentate_research.data.overlap.dice` with ``empty="one"`` (both empty ->
+    1.0, one empty -> 0.0). Kept for existing importers; new code calls ``data.overlap.dice`` with its policy."""
+    return _dice(pred, ref, empty="one")

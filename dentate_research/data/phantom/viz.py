@@ -16,15 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import Volume, load_image, load_label  # noqa: E402
+from ..labels import LEFT_DN  # noqa: E402
 from ..manifest import Case, read_manifest  # noqa: E402
+from ..units import case_image_in_ppm  # noqa: E402
 
 WINDOW_PPM = (-0.08, 0.16)
 CONTOUR_COLOURS = {"true": "#ff3b30", "rater1": "#ffd60a", "rater2": "#30d5ff", "rater1_retrace": "#7CFC00",
                    "left": "#ff3b30", "right": "#30d5ff"}
-
-
-def _ppm(case: Case, volume: Volume) -> np.ndarray:
-    return volume.array / 1000.0 if str(case.meta.get("units", "ppm")) == "ppb" else volume.array
 
 
 def _extent_mm(volume: Volume, axes: tuple[int, int]) -> list[float]:
@@ -102,10 +100,10 @@ def save_sites_figure(manifest: Path | str, path: Path | str, case_ids: list[str
     fig, axes = plt.subplots(len(selected), 5, figsize=(13.5, 2.7 * len(selected)), squeeze=False)
     for row, case in enumerate(selected):
         volume = load_image(case.image)
-        image = _ppm(case, volume)
+        image = case_image_in_ppm(case, volume).array
         labels = {r: load_label(case.labels[r], volume).array for r in ("true", "rater1") if r in case.labels}
         centre_vox, centre_mm = _dn_centre(volume, labels["true"])
-        left_vox, left_mm = _dn_centre(volume, labels["true"], side=1)
+        left_vox, left_mm = _dn_centre(volume, labels["true"], side=LEFT_DN)
         basal_vox = centre_vox.copy()
         basal_vox[2] = min(centre_vox[2] + 36.0 / volume.spacing[2], volume.shape[2] - 1)
         _draw(axes[row, 0], volume, image, {}, "axial", basal_vox, None, centre_mm, window_ppm)
@@ -149,11 +147,11 @@ def save_dn_figure(manifest: Path | str, path: Path | str, case_id: str | None =
             raise ValueError(f"case_id '{case_id}' not in {manifest}")
         case = matches[0]
     volume = load_image(case.image)
-    image = _ppm(case, volume)
+    image = case_image_in_ppm(case, volume).array
     labels = {r: load_label(p, volume).array for r, p in case.labels.items()}
     fig, axes = plt.subplots(2, 4, figsize=(13, 6.6))
     centre_vox, centre_mm = _dn_centre(volume, labels["true"])
-    left_vox, left_mm = _dn_centre(volume, labels["true"], side=1)
+    left_vox, left_mm = _dn_centre(volume, labels["true"], side=LEFT_DN)
     views = [("axial", centre_vox, centre_mm, 30), ("axial", left_vox, left_mm, 16),
              ("coronal", left_vox, left_mm, 16), ("sagittal", left_vox, left_mm, 16)]
     for col, (view, cv, cm, zoom) in enumerate(views):
