@@ -149,12 +149,8 @@ def main() -> int:
     df = evaluate(args.localizer, args.segmenter, cases, args.threads)
     load_after = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:  # build beside the target, then swap in
-        staging = Path(tmp) / "model"  # a two-step model folder made of links to the two run directories
-        staging.mkdir()
-        (staging / "localization").symlink_to(args.localizer.resolve(), target_is_directory=True)
-        (staging / "segmentation").symlink_to(args.segmenter.resolve(), target_is_directory=True)
         packaged = Path(tmp) / "packaged"
-        install_model(staging, packaged)
+        install_model(None, packaged, localizer=args.localizer, segmenter=args.segmenter)
         (packaged / "MODEL_CARD.md").write_text(card_text(args.localizer, args.segmenter, df, args,
                                                           (load_before, load_after)))
         df.to_csv(packaged / "evaluation.csv", index=False)

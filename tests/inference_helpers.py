@@ -75,7 +75,7 @@ def write_toy_cases(out_dir: Path, n: int, seed0: int = 0) -> Path:
 def trained_toy_model(root: Path) -> Path:
     """Train (once per process) a tiny localizer + segmenter on toy scans via ``train_stage``; model folder."""
     if "model" not in _MODEL_CACHE:
-        from dentate_research.inference.default_model import train_two_step_model
+        from dentate_research.training.two_step import train_two_step_model
 
         manifest = write_toy_cases(root / "toy_data", 5, seed0=100)
         ids = [f"toy_{i:02d}" for i in range(5)]

@@ -16,10 +16,9 @@ from dentate_research.cli.main import main
 from dentate_research.data.io import Volume, save_nifti
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
 from dentate_research.inference import DentatePredictor
-from dentate_research.inference.outputs import VOLUMES_CSV
-from dentate_research.inference.protocol import load_stage
+from dentate_research.inference.outputs import VOLUMES_CSV, segment_file
 from dentate_research.inference.qc import QCThresholds, qc_status, quality_check
-from dentate_research.training.artifacts import ModelCard, StageModel
+from dentate_research.training.artifacts import ModelCard, NetworkStageModel, load_stage
 
 SPACING = 2.0
 SHAPE = (60, 50, 40)  # world x -60..58, y -110..-12, z -80..-2 (2 mm voxels)
@@ -193,7 +192,7 @@ def test_low_confidence_is_flagged_and_missing_confidence_is_recorded():
 
 
 # ----------------------------------------------------------------------------- StageModel.predict_with_confidence
-class FixedProbabilities(StageModel):
+class FixedProbabilities(NetworkStageModel):
     """A StageModel whose network output is a fixed probability map on a coarser grid (the real resampling,
     argmax and post-processing code of StageModel run on it)."""
 
@@ -291,7 +290,7 @@ def test_misplaced_dn_is_flagged_in_metadata_and_volumes_csv(toy_model, tmp_path
     image, _, affine = misplaced_scan(60)
     save_nifti(image, affine, tmp_path / "posterior.nii.gz")
     predictor = DentatePredictor.from_model_dir(toy_model)
-    written = predictor.predict_file(tmp_path / "posterior.nii.gz", tmp_path / "out", overlay=False)
+    written = segment_file(predictor, tmp_path / "posterior.nii.gz", tmp_path / "out", overlay=False)
     found = names(written.flags) & POSITION_FLAGS
     assert written.status == "flagged" and found, written.flags
     meta = json.loads(written.paths["metadata"].read_text())

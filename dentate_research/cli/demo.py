@@ -91,13 +91,10 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     from dentate_research.data.manifest import read_manifest
     from dentate_research.data.phantom import generate_dataset
     from dentate_research.evaluation.metrics import evaluate_case
-    from dentate_research.inference.default_model import (
-        DEFAULT_LOCALIZER,
-        DEFAULT_SEGMENTER,
-        train_two_step_model,
-        user_model_dir,
-    )
+    from dentate_research.inference.default_model import user_model_dir
+    from dentate_research.inference.outputs import segment_file
     from dentate_research.inference.pipeline import DentatePredictor, SegmentationError
+    from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, train_two_step_model
 
     t0 = time.perf_counter()
     print(f"[demo 1/4] generating '{args.preset}' phantoms into {out / 'data'}", flush=True)
@@ -129,7 +126,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     t0 = time.perf_counter()
     predictor = DentatePredictor.from_model_dir(model_dir, device=args.device)
     try:
-        written = predictor.predict_file(test_case.image, out / "segment")
+        written = segment_file(predictor, test_case.image, out / "segment")
     except SegmentationError as failure:  # loud, like `segment`: the metadata JSON says why
         print(f"FAILED ({failure.reason}): {failure}; see {out / 'segment'}; train longer with --epochs/--iterations",
               file=sys.stderr)

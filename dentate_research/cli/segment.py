@@ -327,7 +327,7 @@ def _record_error(path: Path, reason: str, message: str, out: Path, predictor: A
     from dentate_research.inference.outputs import write_error_outputs
 
     try:
-        write_error_outputs(path, reason, message, out, predictor)
+        write_error_outputs(path, reason, message, out, predictor.metadata())
     except Exception as exc:  # the batch must go on
         tqdm.write(f"  error: could not record the failure of {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
@@ -335,7 +335,7 @@ def _record_error(path: Path, reason: str, message: str, out: Path, predictor: A
 def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, str], predictor: Any) -> int:
     from tqdm import tqdm
 
-    from dentate_research.inference.outputs import case_name, load_case_record, rebuild_volumes_table
+    from dentate_research.inference.outputs import case_name, load_case_record, rebuild_volumes_table, segment_file
     from dentate_research.inference.pipeline import SegmentationError
 
     out: Path = args.output
@@ -354,8 +354,8 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
                 n_skipped += 1
                 continue
             try:
-                written = predictor.predict_file(path, out, overwrite=args.overwrite or state == "partial",
-                                                 overlay=not args.no_overlay)
+                written = segment_file(predictor, path, out, overwrite=args.overwrite or state == "partial",
+                                       overlay=not args.no_overlay)
             except FileExistsError as exc:  # another process wrote this case meanwhile: never replace its work
                 tqdm.write(f"error: {exc}", file=sys.stderr)
                 codes.append(EXIT_BAD_INPUT)

@@ -1,6 +1,9 @@
-"""Inference stage: two-step (localize -> crop -> segment) DN segmentation, post-processing and outputs."""
+"""Inference stage: two-step (localize -> crop -> segment) DN segmentation in memory (:mod:`.pipeline`),
+post-processing, QC, and the writer of the output files (:mod:`.outputs`)."""
 
-from .pipeline import DentatePredictor, SegmentationError, SegmentationResult, resolve_model_dir
-from .protocol import StageModel
+from dentate_research.model_contract import StageModel
 
-__all__ = ["DentatePredictor", "SegmentationError", "SegmentationResult", "StageModel", "resolve_model_dir"]
+from .pipeline import DentatePredictor, PredictorMetadata, SegmentationError, SegmentationResult, resolve_model_dir
+
+__all__ = ["DentatePredictor", "PredictorMetadata", "SegmentationError", "SegmentationResult", "StageModel",
+           "resolve_model_dir"]

@@ -9,11 +9,14 @@ A two-step model folder holds two run directories (see the trained-model contrac
 
 1. ``$DENTATE_RESEARCH_MODEL`` (a model folder chosen by the user),
 2. the user cache ``$XDG_CACHE_HOME/dentate_research/default_model`` (``~/.cache/...``), where
-   ``python -m dentate_research demo`` (or :func:`train_default_model`) puts the model it trains,
+   ``python -m dentate_research demo --install`` (or :func:`train_default_model`, :func:`install_model`) puts a
+   model,
 3. ``dentate_research/assets/default_model/`` (shipped inside the package, if present),
 
 and otherwise raises a DataError that says how to create one. The default model is trained on the synthetic
-phantom data only: it demonstrates the pipeline, it is not a clinical model.
+phantom data only: it demonstrates the pipeline, it is not a clinical model. Training a two-step model folder is
+:func:`dentate_research.training.two_step.train_two_step_model`; :func:`install_model` is the one way to copy a
+trained model to where inference finds it (``demo --install`` and ``benchmarks/package_default_model.py`` use it).
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from dentate_research.data.io import DataError
+from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, train_two_step_model
 
 MODEL_ENV = "DENTATE_RESEARCH_MODEL"
 STAGE_DIRS = ("localization", "segmentation")
+__all__ = ["DEFAULT_LOCALIZER", "DEFAULT_SEGMENTER", "MODEL_ENV", "config_group", "default_model_dir", "install_model",
+           "is_model_dir", "packaged_model_dir", "stage_config", "train_default_model", "user_model_dir"]
 
 
 def packaged_model_dir() -> Path:
@@ -63,12 +69,6 @@ def default_model_dir() -> Path:
         "localization/ and segmentation/ run directories) or --localizer RUN_DIR --segmenter RUN_DIR.")
 
 
-# Networks of the two-step recipe (README "Converged models"): a small localizer at 4 mm and a 4-level U-Net that
-# segments at 1 mm on 64^3 patches of the localizer's crops.
-DEFAULT_LOCALIZER = {"arch": "unet", "spacing_mm": 4.0, "patch_size": [32, 32, 32],
-                     "arch_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}}
-DEFAULT_SEGMENTER = {"arch": "unet", "spacing_mm": 1.0, "patch_size": [64, 64, 64],
-                     "arch_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}}
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -132,64 +132,6 @@ def stage_config(manifest: Path, stage: str, run_dir: Path, spec: dict[str, Any]
     }
 
 
-def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer: dict[str, Any] | None = None,
-                         segmenter: dict[str, Any] | None = None, train_ids: list[str] | None = None,
-                         val_ids: list[str] | None = None, epochs: int = 10, iterations_per_epoch: int = 20,
-                         seed: int = 0, device: str = "cpu", lr: float | None = None,
-                         augmentation: dict[str, Any] | str | None = None, label_scheme: str = "lateral",
-                         crops_from_localizer: bool = False, localizer_epochs: int | None = None,
-                         trainer: dict[str, Any] | None = None, label_rater: str = "true",
-                         stage_minutes: dict[str, float] | None = None,
-                         segmenter_trainer: dict[str, Any] | None = None) -> Path:
-    """Train a localizer and a segmenter into ``out_dir/localization`` and ``out_dir/segmentation``.
-
-    Args:
-        out_dir: model folder (created).
-        manifest: phantom/user manifest with ``label_true`` (or rater) and ``cerebellum`` columns.
-        localizer, segmenter: stage specs (``arch``, ``arch_kwargs``, ``spacing_mm``, ``patch_size``);
-            default :data:`DEFAULT_LOCALIZER` / :data:`DEFAULT_SEGMENTER`.
-        train_ids, val_ids: case IDs (default: the last subject validates, every other case trains).
-        epochs, iterations_per_epoch: per-stage budget (batches of random patches); ``localizer_epochs``
-            overrides the localizer's epochs.
-        lr: learning rate (default: the architecture's recommendation; poly decay).
-        augmentation: segmentation augmentation (dict or ``configs/augmentation`` name; default ``default``).
-        label_scheme: ``lateral`` (0/1/2) or ``merged`` (one DN class, sides from world x).
-        crops_from_localizer: train and validate the segmenter on the crops of the localizer just trained.
-        trainer: extra trainer keys for both stages (``patience``, ``min_delta``, ``max_minutes``, ``val_every``).
-        stage_minutes: wall-clock budget per stage in minutes (``{"localization": .., "segmentation": ..}``).
-        segmenter_trainer: trainer keys for the segmentation stage only (e.g. ``batch_size``, ``foreground_prob``).
-    """
-    from dentate_research.data.manifest import read_manifest
-    from dentate_research.training import train_stage
-
-    out_dir = Path(out_dir)
-    manifest = Path(manifest)
-    if train_ids is None:
-        cases = read_manifest(manifest)
-        val_subject = cases[-1].subject  # validation = the last subject's scans (subject-level, no leakage)
-        val_ids = [c.case_id for c in cases if c.subject == val_subject] if val_ids is None else val_ids
-        train_ids = [c.case_id for c in cases if c.case_id not in set(val_ids)]
-    for stage, spec in (("localization", localizer or DEFAULT_LOCALIZER),
-                        ("segmentation", segmenter or DEFAULT_SEGMENTER)):
-        is_seg = stage == "segmentation"
-        cfg = stage_config(manifest, stage, out_dir / stage, spec, train_ids=train_ids, val_ids=list(val_ids or []),
-                           epochs=epochs if is_seg or localizer_epochs is None else localizer_epochs,
-                           iterations_per_epoch=iterations_per_epoch, seed=seed, device=device, lr=lr,
-                           augmentation=augmentation if is_seg or isinstance(augmentation, dict) else None,
-                           label_scheme=label_scheme,
-                           localizer_run=out_dir / "localization" if is_seg and crops_from_localizer else None,
-                           trainer={**(trainer or {}), **((segmenter_trainer or {}) if is_seg else {}),
-                                    **({"max_minutes": stage_minutes[stage]}
-                                       if stage_minutes and stage in stage_minutes else {})},
-                           label_rater=label_rater)
-        train_stage(cfg)
-    (out_dir / "README.txt").write_text(
-        "Two-step dentate nucleus model (localization/ + segmentation/ run directories) trained on "
-        f"{manifest} by dentate_research.inference.default_model.train_two_step_model.\n"
-        "Synthetic phantom training data: for demonstration, not for clinical use.\n")
-    return out_dir
-
-
 def train_default_model(out_dir: Path | str | None = None, data_dir: Path | str | None = None, *,
                         manifest: Path | str | None = None, epochs: int = 10, iterations_per_epoch: int = 20,
                         seed: int = 0, device: str = "cpu", overwrite: bool = False) -> Path:
@@ -222,29 +164,51 @@ def train_default_model(out_dir: Path | str | None = None, data_dir: Path | str 
                                 seed=seed, device=device)
 
 
-def install_model(model_dir: Path | str, dest: Path | str | None = None, *, overwrite: bool = False) -> Path:
-    """Copy what inference needs from a two-step model folder (model cards, configs, metrics, the card's
-    checkpoint only) to ``dest`` (default: the user cache, where :func:`default_model_dir` finds it)."""
+def install_model(model_dir: Path | str | None, dest: Path | str | None = None, *, overwrite: bool = False,
+                  localizer: Path | str | None = None, segmenter: Path | str | None = None) -> Path:
+    """Copy what inference needs (model cards, configs, metrics, the card's checkpoint only; nnU-Net plans and
+    dataset.json) into a two-step model folder ``dest`` (default: the user cache, where :func:`default_model_dir`
+    finds it) and return ``dest``.
+
+    Args:
+        model_dir: a two-step model folder (``localization/`` + ``segmentation/``; its README.txt is copied too),
+            or None when ``localizer`` and ``segmenter`` name the two stage run folders.
+        dest: target model folder; an existing non-empty one is replaced only with ``overwrite``.
+        localizer, segmenter: stage run folders (each with ``model.json``), instead of ``model_dir``.
+    """
     import json
 
-    src = Path(model_dir)
-    if not is_model_dir(src):
-        raise DataError(f"{src}: not a two-step model folder (needs localization/model.json and "
-                        "segmentation/model.json)")
+    if model_dir is not None:
+        if localizer is not None or segmenter is not None:
+            raise ValueError("give either model_dir or localizer and segmenter, not both")
+        src = Path(model_dir)
+        if not is_model_dir(src):
+            raise DataError(f"{src}: not a two-step model folder (needs localization/model.json and "
+                            "segmentation/model.json)")
+        runs = {stage: src / stage for stage in STAGE_DIRS}
+        readme: Path | None = src / "README.txt"
+    else:
+        if localizer is None or segmenter is None:
+            raise ValueError("give model_dir, or both localizer and segmenter run folders")
+        runs = {"localization": Path(localizer), "segmentation": Path(segmenter)}
+        for stage, run in runs.items():
+            if not (run / "model.json").is_file():
+                raise DataError(f"{run}: not a {stage} run folder (no model.json)")
+        readme = None
     dest = Path(dest) if dest is not None else user_model_dir()
     if dest.exists() and any(dest.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{dest}: exists; pass overwrite=True to replace it")
         shutil.rmtree(dest)
-    for stage in STAGE_DIRS:
-        card = json.loads((src / stage / "model.json").read_text())
+    for stage, run in runs.items():
+        card = json.loads((run / "model.json").read_text())
         needed = ["model.json", "config.yaml", "run_info.json", "metrics.csv", card["checkpoint"]]
         if card.get("framework") == "nnunet":  # nnU-Net's predictor also reads its plans and dataset.json
             needed += [card["nnunet"]["plans"], card["nnunet"]["dataset_json"]]
         for name in needed:
-            if (src / stage / name).is_file():
+            if (run / name).is_file():
                 (dest / stage / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / stage / name, dest / stage / name)
-    if (src / "README.txt").is_file():
-        shutil.copy2(src / "README.txt", dest / "README.txt")
+                shutil.copy2(run / name, dest / stage / name)
+    if readme is not None and readme.is_file():
+        shutil.copy2(readme, dest / "README.txt")
     return dest

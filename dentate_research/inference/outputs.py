@@ -1,4 +1,9 @@
-"""Files written per input, compatible with the released DentateSeg tool, plus a run report.
+"""The inference writer: files written per input, compatible with the released DentateSeg tool, plus a run report.
+
+The predictor (:mod:`.pipeline`) works in memory; this module writes what it returns. It imports the pipeline, never
+the reverse, and takes plain objects: a :class:`~.pipeline.SegmentationResult` (or
+:class:`~.pipeline.SegmentationError`) and a :class:`~.pipeline.PredictorMetadata` (``predictor.metadata()``).
+:func:`segment_file` does both for one NIfTI file (``segment``, ``demo`` and tests use it).
 
 For an input ``X.nii.gz`` (or ``X.nii``) and output folder ``out/``::
 
@@ -39,14 +44,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import importlib.metadata
 import json
 import os
-import platform
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -64,11 +68,11 @@ from dentate_research.data.atomic import (
 from dentate_research.data.geometry import BoundingBox, box_extent_mm
 from dentate_research.data.io import NIFTI_SUFFIXES, DataError, Volume, save_like, save_nifti
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
+from dentate_research.model_contract import card_to_dict
+from dentate_research.provenance import package_versions
 
+from .pipeline import DentatePredictor, PredictorMetadata, SegmentationError, SegmentationResult
 from .qc import QC_FAILED, qc_status
-
-if TYPE_CHECKING:
-    from .pipeline import DentatePredictor, SegmentationError, SegmentationResult
 
 VOLUMES_CSV = "volumes.csv"
 VOLUMES_LOCK = ".volumes.csv.lock"
@@ -86,7 +90,6 @@ OUTPUT_SUFFIXES = {
     "metadata": "_metadata.json",
     "overlay": "_overlay.png",
 }
-VERSION_PACKAGES = ("dentate_research", "torch", "monai", "nnunetv2", "numpy", "scipy", "nibabel")
 
 
 def case_name(path: Path | str) -> str:
@@ -261,20 +264,7 @@ def check_outputs_free(out_dir: Path | str, inputs: list[Path], *, overwrite: bo
     return states
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that shape the result (None if absent)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in VERSION_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
 def _model_info(run_dir: Path | None, card: Any) -> dict[str, Any]:
-    from .protocol import card_to_dict
-
     info: dict[str, Any] = {"dir": None if run_dir is None else str(Path(run_dir).resolve())}
     model_json = None if run_dir is None else Path(run_dir) / "model.json"
     if model_json is not None and model_json.is_file():
@@ -284,15 +274,15 @@ def _model_info(run_dir: Path | None, card: Any) -> dict[str, Any]:
     return info
 
 
-def models_section(predictor: DentatePredictor | None) -> dict[str, Any] | None:
+def models_section(metadata: PredictorMetadata | None) -> dict[str, Any] | None:
     """The ``models`` section of a metadata record: each stage's run folder and card, plus what
-    ``predictor.model_info`` says (``model_dir``, ``source``: shipped asset / user cache / --model / ..., ``card_name``,
+    ``metadata.model_info`` says (``model_dir``, ``source``: shipped asset / user cache / --model / ..., ``card_name``,
     ``shadows``), set by ``segment``."""
-    if predictor is None:
+    if metadata is None:
         return None
-    section: dict[str, Any] = {"localization": _model_info(predictor.localizer_dir, predictor.localizer.card),
-                               "segmentation": _model_info(predictor.segmenter_dir, predictor.segmenter.card)}
-    section.update(getattr(predictor, "model_info", None) or {})
+    section: dict[str, Any] = {"localization": _model_info(metadata.localizer_dir, metadata.localizer_card),
+                               "segmentation": _model_info(metadata.segmenter_dir, metadata.segmenter_card)}
+    section.update(metadata.model_info or {})
     return section
 
 
@@ -334,7 +324,7 @@ def _image_report(volume: Volume) -> dict[str, Any]:
     }
 
 
-def _base_metadata(name: str, volume: Volume, predictor: DentatePredictor, timings: dict[str, float]
+def _base_metadata(name: str, volume: Volume, metadata: PredictorMetadata, timings: dict[str, float]
                    ) -> dict[str, Any]:
     return {
         "case": name,
@@ -343,8 +333,8 @@ def _base_metadata(name: str, volume: Volume, predictor: DentatePredictor, timin
         "labels": {str(LEFT_DN): "left dentate nucleus", str(RIGHT_DN): "right dentate nucleus",
                    "convention": "subject's left/right in world RAS coordinates"},
         "image": _image_report(volume),
-        "models": models_section(predictor),
-        "device": predictor.device,
+        "models": models_section(metadata),
+        "device": metadata.device,
         "versions": package_versions(),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
@@ -468,12 +458,11 @@ def _qc_columns(result: SegmentationResult) -> dict[str, Any]:
     return row
 
 
-def write_case_outputs(result: SegmentationResult, predictor: DentatePredictor, out_dir: Path | str, *,
+def write_case_outputs(result: SegmentationResult, metadata: PredictorMetadata, out_dir: Path | str, *,
                        overwrite: bool = False, overlay: bool = True) -> CaseOutputs:
     """Write every output of one successful (possibly flagged) segmentation and its volumes row (metadata record
-    last; on any error or interruption the files of this case written so far are removed)."""
-    import time
-
+    last; on any error or interruption the files of this case written so far are removed). ``metadata``:
+    ``predictor.metadata()``."""
     out_dir = Path(out_dir)
     volume = result.volume
     if volume.path is None:
@@ -495,11 +484,11 @@ def write_case_outputs(result: SegmentationResult, predictor: DentatePredictor, 
                 result.cropped_image, result.cropped_labels, paths["overlay"],
                 title=f"{name}: {result.status}" + (f" ({'; '.join(result.flags)})" if result.flags else "")))
         timings = {**result.timings_s, "write": time.perf_counter() - t0}
-        metadata = _base_metadata(name, volume, predictor, timings)
-        row = {"case": name, "input": metadata["input"], "status": result.status, **result.statistics,
+        record = _base_metadata(name, volume, metadata, timings)
+        row = {"case": name, "input": record["input"], "status": result.status, **result.statistics,
                "sides_swapped": result.sides_swapped, "flags": ";".join(result.flags), **_qc_columns(result),
                "seg": str(paths["seg"].relative_to(out_dir))}
-        metadata.update({
+        record.update({
             "status": result.status,
             "flags": result.flags,
             "warnings": result.warnings,
@@ -511,9 +500,9 @@ def write_case_outputs(result: SegmentationResult, predictor: DentatePredictor, 
             "outputs": {key: p.name for key, p in paths.items()},
             "volumes_row": _jsonable_row(row),
         })
-        _write_json(metadata, paths["metadata"])  # the commit record: written last
+        _write_json(record, paths["metadata"])  # the commit record: written last
     update_volumes_table(out_dir, row)
-    return CaseOutputs(name, Path(volume.path), result.status, paths, metadata, result, list(result.flags))
+    return CaseOutputs(name, Path(volume.path), result.status, paths, record, result, list(result.flags))
 
 
 def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -521,9 +510,10 @@ def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:
             if (v := row.get(col)) is not None or col in row}
 
 
-def write_failure_outputs(failure: SegmentationError, predictor: DentatePredictor, out_dir: Path | str, *,
+def write_failure_outputs(failure: SegmentationError, metadata: PredictorMetadata, out_dir: Path | str, *,
                           overwrite: bool = False) -> CaseOutputs:
-    """Record a failed input: ``X_metadata.json`` with ``status: failed``, the mask if any, a volumes row."""
+    """Record a failed input: ``X_metadata.json`` with ``status: failed``, the mask if any, a volumes row.
+    ``metadata``: ``predictor.metadata()``."""
     out_dir = Path(out_dir)
     volume = failure.volume
     if volume.path is None:
@@ -536,38 +526,60 @@ def write_failure_outputs(failure: SegmentationError, predictor: DentatePredicto
         if has_mask:
             written.append(save_like(failure.cerebellar_mask, volume, paths["cerebellar_mask"], is_label=True))
             listed["cerebellar_mask"] = paths["cerebellar_mask"]
-        metadata = _base_metadata(name, volume, predictor, failure.timings_s)
-        row = {"case": name, "input": metadata["input"], "status": "failed", "qc_status": QC_FAILED,
+        record = _base_metadata(name, volume, metadata, failure.timings_s)
+        row = {"case": name, "input": record["input"], "status": "failed", "qc_status": QC_FAILED,
                "flags": failure.reason, "seg": ""}
-        metadata.update({"status": "failed", "failure_reason": failure.reason, "error": str(failure),
-                         "flags": [failure.reason], "warnings": [],
-                         "crop": None if failure.crop_box is None else _crop_report(
-                             failure.crop_box, volume, predictor.margin_mm, predictor.min_crop_mm),
-                         "outputs": {key: p.name for key, p in listed.items()}, "volumes_row": row})
-        _write_json(metadata, paths["metadata"])
+        record.update({"status": "failed", "failure_reason": failure.reason, "error": str(failure),
+                       "flags": [failure.reason], "warnings": [],
+                       "crop": None if failure.crop_box is None else _crop_report(
+                           failure.crop_box, volume, metadata.margin_mm, metadata.min_crop_mm),
+                       "outputs": {key: p.name for key, p in listed.items()}, "volumes_row": row})
+        _write_json(record, paths["metadata"])
     update_volumes_table(out_dir, row)
-    return CaseOutputs(name, Path(volume.path), "failed", listed, metadata, None, [failure.reason])
+    return CaseOutputs(name, Path(volume.path), "failed", listed, record, None, [failure.reason])
 
 
 def write_error_outputs(path: Path | str, reason: str, message: str, out_dir: Path | str,
-                        predictor: DentatePredictor | None = None, *, overwrite: bool = True) -> CaseOutputs:
+                        metadata: PredictorMetadata | None = None, *, overwrite: bool = True) -> CaseOutputs:
     """Record an input that failed for any other reason (unreadable file, an unexpected error in one case):
-    ``X_metadata.json`` with ``status: failed``, ``failure_reason`` and ``error``, and a ``failed`` row."""
+    ``X_metadata.json`` with ``status: failed``, ``failure_reason`` and ``error``, and a ``failed`` row.
+    ``metadata``: ``predictor.metadata()`` if a predictor exists."""
     out_dir = Path(out_dir)
     name = case_name(path)
     paths = case_output_paths(out_dir, name)
     listed = {"metadata": paths["metadata"]}
     row = {"case": name, "input": str(Path(path).resolve()), "status": "failed", "qc_status": QC_FAILED,
            "flags": reason, "seg": ""}
-    metadata = {"case": name, "input": row["input"],
-                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "status": "failed", "failure_reason": reason, "error": message, "flags": [reason], "warnings": [],
-                "models": models_section(predictor), "versions": package_versions(),
-                "outputs": {key: p.name for key, p in listed.items()}, "volumes_row": row}
+    record = {"case": name, "input": row["input"],
+              "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "status": "failed", "failure_reason": reason, "error": message, "flags": [reason], "warnings": [],
+              "models": models_section(metadata), "versions": package_versions(),
+              "outputs": {key: p.name for key, p in listed.items()}, "volumes_row": row}
     with _case_transaction(out_dir, name, overwrite):
-        _write_json(metadata, paths["metadata"])
+        _write_json(record, paths["metadata"])
     update_volumes_table(out_dir, row)
-    return CaseOutputs(name, Path(path), "failed", listed, metadata, None, [reason])
+    return CaseOutputs(name, Path(path), "failed", listed, record, None, [reason])
+
+
+def segment_file(predictor: DentatePredictor, path: Path | str, out_dir: Path | str, *, overwrite: bool = False,
+                 overlay: bool = True) -> CaseOutputs:
+    """Segment one NIfTI file and write the DentateSeg-compatible outputs under ``out_dir/<name>/``.
+
+    Returns the written :class:`CaseOutputs`. Raises ``FileExistsError`` (before any computation) if outputs exist
+    and ``overwrite`` is False, ``DataError`` for bad input and :class:`~.pipeline.SegmentationError` after writing
+    ``X_metadata.json`` (status ``failed``) and the volumes row. Files are written atomically, the metadata record
+    last; an error or interruption while writing removes this case's files again.
+    """
+    path = Path(path)
+    out_dir = Path(out_dir)
+    check_outputs_free(out_dir, [path], overwrite=overwrite)
+    metadata = predictor.metadata()
+    try:
+        result = predictor.predict_path(path)
+    except SegmentationError as failure:
+        write_failure_outputs(failure, metadata, out_dir, overwrite=overwrite)
+        raise
+    return write_case_outputs(result, metadata, out_dir, overwrite=overwrite, overlay=overlay)
 
 
 def save_overlay_png(image: Volume, labels: np.ndarray, path: Path | str, title: str = "") -> Path:

@@ -11,12 +11,16 @@ Pipeline for one QSM volume (any stored orientation; the work happens in canonic
    on, so left/right never depend on the network telling them apart
    (:func:`~dentate_research.inference.postprocess.assign_sides_by_world`; the agreement with the network's
    own labels is reported); then the largest connected component per side.
-5. Uncrop to the exact input grid; files are written back in the input file's own orientation and affine.
+5. Uncrop to the exact input grid.
+
+Everything here runs in memory and returns a :class:`SegmentationResult` (or raises :class:`SegmentationError`);
+files are written by :mod:`dentate_research.inference.outputs` (``segment_file(predictor, path, out_dir)``), back in
+the input file's own orientation and affine. The writer imports this module, never the reverse.
 
 Failure is loud, never a silent empty mask:
 
 * :class:`SegmentationError` (``reason`` = ``"localizer_empty"`` or ``"no_dn_found"``) is raised when the
-  localizer finds nothing or neither DN side survives; no ``X_seg`` is written for that input.
+  localizer finds nothing or neither DN side survives; the writer then writes no ``X_seg`` for that input.
 * Results that exist but need a human look carry ``flags`` (``status == "flagged"``):
   ``left_dn_empty`` / ``right_dn_empty``, ``cerebellum_touches_fov:<faces>`` (the localized region reaches
   the image border, the crop may miss part of the cerebellum), ``dn_touches_crop_border:<faces>``,
@@ -52,9 +56,9 @@ from dentate_research.data.geometry import (
 )
 from dentate_research.data.io import DataError, Volume, load_image, to_original_orientation
 from dentate_research.data.postprocess import PostprocessReport, postprocess_dn_labels, side_statistics
+from dentate_research.model_contract import StageModel, card_value
 from dentate_research.training.crops import Localization, crop_box_around, localize, min_crop_from_patch
 
-from .protocol import StageModel, card_value, load_stage
 from .qc import QCThresholds, qc_status, quality_check
 
 DEFAULT_MARGIN_MM = 10.0
@@ -136,6 +140,30 @@ class SegmentationResult:
         return box_extent_mm(self.crop_box, self.volume.affine)
 
 
+@dataclass(frozen=True)
+class PredictorMetadata:
+    """What a case's metadata record says about the models and settings that produced it (plain values, so the
+    writer needs no predictor).
+
+    Attributes:
+        localizer_dir, segmenter_dir: the stage run folders (None for models built in memory).
+        localizer_card, segmenter_card: the stages' ModelCards (or dicts with their fields).
+        device: torch device string.
+        margin_mm: crop margin around the localized region (mm).
+        min_crop_mm: minimal crop size per axis (mm), or None.
+        model_info: ``model_dir``, ``source``, ``card_name``, ``shadows`` as set by ``segment`` (may be empty).
+    """
+
+    localizer_dir: Path | None
+    localizer_card: Any
+    segmenter_dir: Path | None
+    segmenter_card: Any
+    device: str
+    margin_mm: float
+    min_crop_mm: tuple[float, float, float] | None
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+
 def volume_from_array(array: np.ndarray, affine: np.ndarray, path: Path | None = None) -> Volume:
     """Wrap a 3D array with its voxel-to-world affine (any orientation) as a canonical-RAS Volume.
 
@@ -178,7 +206,8 @@ class DentatePredictor:
 
         predictor = DentatePredictor("model/localization", "model/segmentation", device="cpu")
         result = predictor.predict_array(qsm_ppm, affine)   # -> SegmentationResult
-        written = predictor.predict_file("scan.nii.gz", "out/")  # -> out/scan/scan_seg.nii.gz, ...
+        result = predictor.predict_path("scan.nii.gz")        # -> SegmentationResult
+        written = segment_file(predictor, "scan.nii.gz", "out/")  # outputs: out/scan/scan_seg.nii.gz, ...
 
     Args:
         localizer_dir: run directory of a ``localization`` model (holds ``model.json``).
@@ -190,7 +219,8 @@ class DentatePredictor:
 
     ``qc_thresholds`` (a :class:`~dentate_research.inference.qc.QCThresholds`, documented defaults) sets the
     plausibility checks; assign another instance to change them. ``model_info`` (a dict, e.g. ``model_dir``,
-    ``source``, ``card_name``; set by ``segment``) is copied into the ``models`` section of every metadata JSON.
+    ``source``, ``card_name``; set by ``segment``) is copied into the ``models`` section of every metadata JSON
+    (through :meth:`metadata`).
     """
 
     qc_thresholds: QCThresholds = QCThresholds()
@@ -198,6 +228,8 @@ class DentatePredictor:
 
     def __init__(self, localizer_dir: Path | str, segmenter_dir: Path | str, device: str = "cpu",
                  margin_mm: float | None = None, min_crop_mm: tuple[float, float, float] | None = None):
+        from dentate_research.training.artifacts import load_stage  # torch and MONAI: imported when a model loads
+
         t0 = time.perf_counter()
         localizer = load_stage(localizer_dir, "localization", device)
         segmenter = load_stage(segmenter_dir, "segmentation", device)
@@ -249,32 +281,28 @@ class DentatePredictor:
         """
         return self.predict_volume(volume_from_array(array, affine))
 
-    def predict_file(self, path: Path | str, out_dir: Path | str, *, overwrite: bool = False,
-                     overlay: bool = True) -> Any:
-        """Segment one NIfTI file and write the DentateSeg-compatible outputs under ``out_dir/<name>/``.
+    def predict_path(self, path: Path | str) -> SegmentationResult:
+        """Read one NIfTI file and segment it in memory (nothing is written; see
+        :func:`dentate_research.inference.outputs.segment_file` for the files).
 
-        Returns the written :class:`~dentate_research.inference.outputs.CaseOutputs`. Raises ``FileExistsError``
-        (before any computation) if outputs exist and ``overwrite`` is False, ``DataError`` for bad input and
-        :class:`SegmentationError` after writing ``X_metadata.json`` (status ``failed``) and the volumes row.
-        Files are written atomically, the metadata record last; an error or interruption while writing removes
-        this case's files again (see :mod:`dentate_research.inference.outputs`).
+        ``timings_s["read"]`` (s) is the read time, also on a :class:`SegmentationError`. Raises ``DataError``
+        for a bad input.
         """
-        from .outputs import check_outputs_free, write_case_outputs, write_failure_outputs
-
-        path = Path(path)
-        out_dir = Path(out_dir)
-        check_outputs_free(out_dir, [path], overwrite=overwrite)
         t0 = time.perf_counter()
-        volume = load_image(path)
+        volume = load_image(Path(path))
         read_s = time.perf_counter() - t0
         try:
             result = self.predict_volume(volume)
         except SegmentationError as failure:
             failure.timings_s = {"read": read_s, **failure.timings_s}
-            write_failure_outputs(failure, self, out_dir, overwrite=overwrite)
             raise
         result.timings_s = {"read": read_s, **result.timings_s}
-        return write_case_outputs(result, self, out_dir, overwrite=overwrite, overlay=overlay)
+        return result
+
+    def metadata(self) -> PredictorMetadata:
+        """The models and settings of this predictor, as the writer records them."""
+        return PredictorMetadata(self.localizer_dir, self.localizer.card, self.segmenter_dir, self.segmenter.card,
+                                 str(self.device), self.margin_mm, self.min_crop_mm, dict(self.model_info or {}))
 
     def predict_volume(self, volume: Volume) -> SegmentationResult:
         """Run the two steps on a canonical-RAS Volume (see the module docstring)."""

@@ -1,4 +1,8 @@
-"""The trained-model contract: run directory, :class:`ModelCard`, :class:`StageModel`, :func:`load_stage_model`.
+"""Trained stage models: the run directory, :class:`NetworkStageModel` (MONAI / nnU-Net), :func:`load_stage_model`.
+
+The contract itself (:class:`~dentate_research.model_contract.ModelCard`, the
+:class:`~dentate_research.model_contract.StageModel` protocol) lives in :mod:`dentate_research.model_contract`;
+both names are re-exported here.
 
 A run directory written by :func:`dentate_research.training.train_stage` holds::
 
@@ -20,7 +24,6 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,94 +32,19 @@ import torch
 
 from ..data.geometry import resample_to_reference, resample_to_spacing
 from ..data.io import DataError, Volume
+from ..model_contract import MODEL_CARD_VERSION, STAGES, ModelCard, StageModel, card_value, json_default
+from ..provenance import TRAINING_PACKAGES, package_versions
 from .inferer import InfererSettings, postprocess_labels, predict_probabilities, tta_flip_sets
 from .preprocessing import normalize_intensity
 
-MODEL_CARD_VERSION = 1
+__all__ = ["MODEL_CARD_VERSION", "ModelCard", "MonaiStageModel", "NetworkStageModel", "NnUNetStageModel", "StageModel",
+           "git_sha", "load_stage", "load_stage_model", "plot_training_curve", "resolve_device", "versions",
+           "write_run_info"]
 
 
-@dataclass
-class ModelCard:
-    """Everything needed to apply a trained stage model (stored as ``model.json``).
-
-    Attributes:
-        stage: ``localization`` | ``segmentation``.
-        arch: registry name (``unet``, ``nnunet``, ...); ``framework``: ``monai`` | ``nnunet``.
-        arch_kwargs: network keyword arguments (MONAI) or the nnU-Net configuration summary.
-        classes: class names by label value (``["background", "left_dn", "right_dn"]``).
-        target_spacing_mm: voxel size the network works at (mm, canonical RAS axes x, y, z).
-        patch_size: training patch = sliding window (voxels).
-        normalization: ``{"scheme": ..., "clip_percentiles": [...]}`` (see ``normalize_intensity``).
-        inferer: sliding-window settings (overlap, Gaussian blending, TTA policy).
-        postprocess: ``{"largest_component_per_class": bool}``.
-        localization_target: what the localizer predicts (``cerebellum``), None for segmentation.
-        crop: how segmentation crops are made: ``{"source": "cerebellum"|"dn", "margin_mm": ..,
-            "jitter_mm": ..}``; for a localizer, the margin its bounding-box recall was measured with.
-        label_rater: which manifest label trained the model (``true`` for phantoms).
-        checkpoint: weights file relative to the run directory (MONAI) or the nnU-Net checkpoint.
-        nnunet: nnU-Net bookkeeping (plans/dataset.json paths, configuration, mirror axes) or None.
-        metrics: final validation metrics measured with this card's inference settings.
-        train_cases / val_cases: case IDs used (subject-level split).
-    """
-
-    stage: str
-    arch: str
-    framework: str
-    arch_kwargs: dict[str, Any]
-    classes: list[str]
-    target_spacing_mm: list[float]
-    patch_size: list[int]
-    normalization: dict[str, Any]
-    inferer: dict[str, Any]
-    postprocess: dict[str, Any] = field(default_factory=lambda: {"largest_component_per_class": True})
-    localization_target: str | None = None
-    crop: dict[str, Any] = field(default_factory=dict)
-    label_rater: str = "true"
-    in_channels: int = 1
-    checkpoint: str = "checkpoints/best.pt"
-    nnunet: dict[str, Any] | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    train_cases: list[str] = field(default_factory=list)
-    val_cases: list[str] = field(default_factory=list)
-    seed: int = 0
-    created_utc: str = ""
-    schema_version: int = MODEL_CARD_VERSION
-
-    @property
-    def crop_margin_mm(self) -> float:
-        return float(self.crop.get("margin_mm", 0.0))
-
-    def to_json(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=1, default=_json_default) + "\n")
-        return path
-
-    @classmethod
-    def from_json(cls, path: Path | str) -> ModelCard:
-        path = Path(path)
-        if not path.exists():
-            raise DataError(f"{path}: model card not found (is this a run directory written by 'train'?)")
-        data = json.loads(path.read_text())
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise DataError(f"{path}: unknown model card field(s) {unknown}")
-        return cls(**data)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-class StageModel:
-    """A trained stage ready for inference: ``predict(volume) -> labels on the volume's grid``.
+class NetworkStageModel:
+    """A trained stage ready for inference (implements the :class:`~dentate_research.model_contract.StageModel`
+    protocol): ``predict(volume) -> labels on the volume's grid``.
 
     ``predict_with_confidence(volume, merge_foreground=False) -> (labels, max-class probability)`` on the same grid
     (used by inference QC);
@@ -177,7 +105,7 @@ class StageModel:
         return labels, confidence
 
 
-class MonaiStageModel(StageModel):
+class MonaiStageModel(NetworkStageModel):
     """Stage model backed by a MONAI network and our sliding-window inferer."""
 
     def __init__(self, card: ModelCard, run_dir: Path, device: torch.device, checkpoint: str | None = None):
@@ -201,7 +129,7 @@ class MonaiStageModel(StageModel):
         return probs, grid
 
 
-class NnUNetStageModel(StageModel):
+class NnUNetStageModel(NetworkStageModel):
     """Stage model backed by nnU-Net's own predictor (nnUNetPredictor.manual_initialization).
 
     nnU-Net reads NIfTI with SimpleITK, so its arrays are (z, y, x) = our canonical RAS arrays transposed; the
@@ -238,7 +166,7 @@ class NnUNetStageModel(StageModel):
 
 
 def load_stage_model(run_dir: Path | str, device: str | torch.device = "cpu",
-                     checkpoint: str | None = None) -> StageModel:
+                     checkpoint: str | None = None) -> NetworkStageModel:
     """Load a trained stage from its run directory (MONAI or nnU-Net).
 
     Args:
@@ -254,6 +182,27 @@ def load_stage_model(run_dir: Path | str, device: str | torch.device = "cpu",
     if card.framework == "nnunet":
         return NnUNetStageModel(card, run_dir, dev, checkpoint)
     raise DataError(f"{run_dir}/model.json: unknown framework '{card.framework}'; allowed: monai, nnunet")
+
+
+def load_stage(run_dir: Path | str, stage: str, device: str = "cpu") -> NetworkStageModel:
+    """Load a trained stage model from its run directory and check it is the expected ``stage``.
+
+    Raises:
+        DataError: the folder does not exist, holds no ``model.json``, or is a model of another stage.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: {stage} model folder not found")
+    if not (run_dir / "model.json").is_file():
+        raise DataError(f"{run_dir}: not a trained run directory (no model.json); expected the output folder "
+                        f"of 'python -m dentate_research train stage={stage} ...'")
+    model = load_stage_model(run_dir, device=device)
+    found = card_value(model.card, "stage")
+    if found != stage:
+        raise DataError(f"{run_dir}: is a '{found}' model, but a '{stage}' model is needed here")
+    return model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -285,17 +234,8 @@ def git_sha(repo_dir: Path | None = None) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the main libraries."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("dentate_research", "torch", "monai", "nnunetv2", "dynamic_network_architectures", "numpy",
-                "hydra-core", "wandb"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    """Versions of Python, the platform and the main training libraries (``not installed`` if absent)."""
+    return package_versions(TRAINING_PACKAGES, missing="not installed", with_platform=True)  # type: ignore[return-value]
 
 
 def write_run_info(run_dir: Path, *, seed: int, device: str, timings: dict[str, float],
@@ -305,7 +245,7 @@ def write_run_info(run_dir: Path, *, seed: int, device: str, timings: dict[str, 
             "host": platform.node(), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     info.update(extra or {})
     path = Path(run_dir) / "run_info.json"
-    path.write_text(json.dumps(info, indent=1, default=_json_default) + "\n")
+    path.write_text(json.dumps(info, indent=1, default=json_default) + "\n")
     return path
 
 
