@@ -14,9 +14,9 @@ from dentate_research.data.io import DataError, save_nifti
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, world_centroid
 from dentate_research.data.overlap import dice
 from dentate_research.inference import DentatePredictor, SegmentationError
-from dentate_research.inference.outputs import OUTPUT_SUFFIXES, VOLUMES_CSV, case_output_paths
+from dentate_research.inference.outputs import OUTPUT_SUFFIXES, VOLUMES_CSV, case_output_paths, segment_file
 from dentate_research.inference.postprocess import postprocess_dn_labels, side_statistics
-from dentate_research.inference.protocol import load_stage
+from dentate_research.training.artifacts import load_stage
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def test_same_anatomy_stored_las_and_ras_gives_same_world_labels(predictor, tmp_
     results = {}
     for codes in ("RAS", "LAS"):
         truth, affine = write_scan(tmp_path / f"scan_{codes}.nii.gz", 12, codes)
-        written = predictor.predict_file(tmp_path / f"scan_{codes}.nii.gz", tmp_path / "out")
+        written = segment_file(predictor, tmp_path / f"scan_{codes}.nii.gz", tmp_path / "out")
         seg = nib.load(written.paths["seg"])
         assert np.allclose(seg.affine, affine, atol=1e-4) and seg.shape == truth.shape
         data = np.asarray(seg.dataobj)
@@ -85,7 +85,7 @@ def test_uncrop_restores_exact_grid_and_crop_bookkeeping(predictor, tmp_path):
     path = tmp_path / "oblique_axes.nii.gz"
     write_scan(path, 13, "PSR")  # axes permuted and flipped relative to RAS
     src = nib.load(path)
-    written = predictor.predict_file(path, tmp_path / "out")
+    written = segment_file(predictor, path, tmp_path / "out")
     for key in ("seg", "cerebellar_mask"):
         out = nib.load(written.paths[key])
         assert out.shape == src.shape
@@ -104,7 +104,7 @@ def test_uncrop_restores_exact_grid_and_crop_bookkeeping(predictor, tmp_path):
 
 def test_outputs_match_documented_layout(predictor, tmp_path):
     write_scan(tmp_path / "subj.nii.gz", 14)
-    written = predictor.predict_file(tmp_path / "subj.nii.gz", tmp_path / "out")
+    written = segment_file(predictor, tmp_path / "subj.nii.gz", tmp_path / "out")
     folder = tmp_path / "out" / "subj"
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"subj{s}" for s in OUTPUT_SUFFIXES.values())
     meta = json.loads((folder / "subj_metadata.json").read_text())
@@ -125,23 +125,23 @@ def test_outputs_match_documented_layout(predictor, tmp_path):
 
 def test_no_overwrite_without_flag_and_checked_before_work(predictor, tmp_path):
     write_scan(tmp_path / "again.nii.gz", 15)
-    predictor.predict_file(tmp_path / "again.nii.gz", tmp_path / "out")
+    segment_file(predictor, tmp_path / "again.nii.gz", tmp_path / "out")
     seg = case_output_paths(tmp_path / "out", "again")["seg"]
     before = seg.stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="again_"):
-        predictor.predict_file(tmp_path / "again.nii.gz", tmp_path / "out")
+        segment_file(predictor, tmp_path / "again.nii.gz", tmp_path / "out")
     assert seg.stat().st_mtime_ns == before
     # only the volumes.csv row left: still refused
     for p in case_output_paths(tmp_path / "out", "again").values():
         p.unlink()
     with pytest.raises(FileExistsError, match="volumes.csv"):
-        predictor.predict_file(tmp_path / "again.nii.gz", tmp_path / "out")
-    predictor.predict_file(tmp_path / "again.nii.gz", tmp_path / "out", overwrite=True)
+        segment_file(predictor, tmp_path / "again.nii.gz", tmp_path / "out")
+    segment_file(predictor, tmp_path / "again.nii.gz", tmp_path / "out", overwrite=True)
     assert len(pd.read_csv(tmp_path / "out" / VOLUMES_CSV)) == 1
     # a failed re-run with overwrite leaves no stale segmentation of the earlier run behind
     save_nifti(np.zeros((48, 56, 44), np.float32), np.diag([3.0, 3.0, 3.0, 1.0]), tmp_path / "again.nii.gz")
     with pytest.raises(SegmentationError):
-        predictor.predict_file(tmp_path / "again.nii.gz", tmp_path / "out", overwrite=True)
+        segment_file(predictor, tmp_path / "again.nii.gz", tmp_path / "out", overwrite=True)
     assert not seg.exists() and pd.read_csv(tmp_path / "out" / VOLUMES_CSV).iloc[0]["status"] == "failed"
 
 
@@ -149,7 +149,7 @@ def test_localizer_finding_nothing_is_loud(predictor, tmp_path):
     blank = tmp_path / "blank.nii.gz"
     save_nifti(np.zeros((48, 56, 44), np.float32), np.diag([3.0, 3.0, 3.0, 1.0]), blank)
     with pytest.raises(SegmentationError, match="no cerebellum") as info:
-        predictor.predict_file(blank, tmp_path / "out")
+        segment_file(predictor, blank, tmp_path / "out")
     assert info.value.reason == "localizer_empty"
     paths = case_output_paths(tmp_path / "out", "blank")
     assert not paths["seg"].exists()
@@ -160,7 +160,7 @@ def test_localizer_finding_nothing_is_loud(predictor, tmp_path):
 
 def test_missing_side_is_flagged_not_silent(predictor, tmp_path):
     write_scan(tmp_path / "one_side.nii.gz", 16, drop_right_dn=True)
-    written = predictor.predict_file(tmp_path / "one_side.nii.gz", tmp_path / "out")
+    written = segment_file(predictor, tmp_path / "one_side.nii.gz", tmp_path / "out")
     # the model either finds no right DN or labels part of the left DN as right: both must be flagged
     assert written.status == "flagged" and set(written.flags) & {"right_dn_empty", "dn_same_hemisphere"}
     if "right_dn_empty" in written.flags:
@@ -200,15 +200,15 @@ def test_postprocess_keeps_largest_component_per_side():
 
 def test_bad_inputs_give_clear_errors(predictor, tmp_path):
     with pytest.raises(DataError, match="file not found"):
-        predictor.predict_file(tmp_path / "missing.nii.gz", tmp_path / "out")
+        segment_file(predictor, tmp_path / "missing.nii.gz", tmp_path / "out")
     fake = tmp_path / "fake.nii.gz"
     fake.write_text("not an image")
     with pytest.raises(DataError, match="fake.nii.gz"):
-        predictor.predict_file(fake, tmp_path / "out")
+        segment_file(predictor, fake, tmp_path / "out")
     four_d = tmp_path / "four_d.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), four_d)
     with pytest.raises(DataError, match="expected a 3D volume"):
-        predictor.predict_file(four_d, tmp_path / "out")
+        segment_file(predictor, four_d, tmp_path / "out")
     with pytest.raises(DataError, match="3D array"):
         predictor.predict_array(np.zeros((8, 8)), np.eye(4))
     with pytest.raises(DataError, match="no model.json"):
