@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..data.manifest import Case
+from .tables import write_table
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .runner import StudyRunner
 
 
 def case_roles(splits: dict) -> dict[str, str]:
@@ -55,3 +62,11 @@ def cohort_table(cases: Sequence[Case], splits: dict | None = None) -> pd.DataFr
     out = pd.DataFrame(rows)
     out["female"] = out["female"].astype(np.int64)
     return out
+
+
+def cohort_study(runner: StudyRunner) -> Path:
+    """Write ``T1_cohort.{md,csv}`` for the study's cases and splits; returns the Markdown path."""
+    df = cohort_table(runner.cases, runner.splits)
+    return write_table(df, runner.s.out_dir, "T1_cohort", "T1 Cohort (per site)", runner.stamp(),
+                       "Role counts are scans: development = cross-validation folds, internal_test = held-out "
+                       "subjects of development sites, external_test = whole external sites.")

@@ -39,7 +39,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..evaluation.stats import mean_ci, paired_comparison, wilson_interval
-from .tables import write_table
+from .summaries import comparison_lines, dice_by_side
+from .tables import dataframe_to_markdown, write_table
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -264,8 +265,8 @@ def failure_modes_study(runner: StudyRunner) -> Path:
 
     s = runner.s
     arch = s.pipeline_arch
-    predictor = runner._predictor(runner.localizer(), runner.train("segmentation", arch, "0"))
-    baseline = runner._baseline("0")
+    predictor = runner.predictor(runner.localizer(), runner.train("segmentation", arch, "0"))
+    baseline = runner.baseline("0")
     manifest = failure_data(runner)
     cases = read_manifest(manifest)
     development = set(runner.splits.get("development_sites", []))
@@ -273,13 +274,13 @@ def failure_modes_study(runner: StudyRunner) -> Path:
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="T7 failure modes: two-step vs baseline on hard cases"):
         reference = s.failure_reference if s.failure_reference in case.labels else s.rater
-        volume, image_ppm, ref = runner._load_case(case, reference)
-        labels, seconds, flag = _guarded(runner._two_step, predictor, volume)
-        case_rows = runner._evaluate_labels(case, image_ppm, ref, labels, deep_name, "0", {"inference_s": seconds},
+        volume, image_ppm, ref = runner.load_case(case, reference)
+        labels, seconds, flag = _guarded(runner.segment_two_step, predictor, volume)
+        case_rows = runner.evaluate_labels(case, image_ppm, ref, labels, deep_name, "0", {"inference_s": seconds},
                                             flag, reference_name=reference)
-        base_labels, seconds_b, base_flags = _guarded(runner._segment_baseline, baseline, volume)
-        case_rows += runner._evaluate_labels(case, image_ppm, ref, base_labels, BASELINE, "0",
-                                             {"inference_s": seconds_b}, base_flags, reference_name=reference)
+        base_labels, seconds_b, base_flags = _guarded(runner.segment_baseline, baseline, volume)
+        case_rows += runner.evaluate_labels(case, image_ppm, ref, base_labels, BASELINE, "0",
+                                            {"inference_s": seconds_b}, base_flags, reference_name=reference)
         for row in case_rows:
             row.update(side_factors(case.meta, row["side"]))
             row["site_role"] = "development" if case.site in development else "external"
@@ -291,9 +292,9 @@ def failure_modes_study(runner: StudyRunner) -> Path:
     df["dice"] = df["dice"].fillna(0.0)  # a failed method is an empty prediction: Dice 0
     df["failed"] = df["dice"] < FAIL_DICE
     df = assign_bins(df)
-    runner._save_per_case(df, "T7_failure_modes")
+    runner.save_per_case(df, "T7_failure_modes")
     table = bin_table(df, (deep_name, BASELINE))
-    overall = runner._dice_by_side(df, ["method"])
+    overall = dice_by_side(df, ["method"])
     comp = paired_comparison(df, "dice", methods=[deep_name, BASELINE])
     comp.to_csv(s.out_dir / "T7_failure_modes_paired_tests.csv", index=False)
     runner.fig_dir.mkdir(parents=True, exist_ok=True)
@@ -304,9 +305,7 @@ def failure_modes_study(runner: StudyRunner) -> Path:
     for method, (k, n) in fail_total.items():
         lo, hi = wilson_interval(k, n)
         lines.append(f"- {method}: {k}/{n} sides failed = {k / n:.0%} [{lo:.0%}, {hi:.0%}]")
-    from .runner import _comparison_lines
-
-    overall_md = _markdown(overall)
+    overall_md = dataframe_to_markdown(overall)
     keep = ["factor", "bin", "n_scans", "deep_n_sides", "deep_dice", "deep_fail", "baseline_dice", "baseline_fail",
             "diff_deep_minus_baseline", "p_wilcoxon"]
     notes = (f"Data: {len(cases)} scans of the phantom preset `{s.failure_preset}` (seed {s.failure_seed}, "
@@ -319,16 +318,10 @@ def failure_modes_study(runner: StudyRunner) -> Path:
              "[t 95 % CI], P: Wilcoxon signed-rank. The unit is a DN side; both sides of a scan share its "
              "case-level factors, so their intervals are somewhat optimistic. Tertile edges are in the bin names "
              "(ppm). Failure rates over all bins:\n\n" + "\n".join(lines) + "\n\nOverall Dice per side:\n\n"
-             + overall_md + "\nPaired tests per side (all hard scans):\n\n" + _comparison_lines(comp)
+             + overall_md + "\nPaired tests per side (all hard scans):\n\n" + comparison_lines(comp)
              + "\n\nFigure: figures/T7_failure_rate_by_factor.png; per-side rows with the raw factor values: "
              "per_case/T7_failure_modes.csv.")
     table.to_csv(s.out_dir / "T7_failure_modes_full.csv", index=False)
     return write_table(table[keep], s.out_dir, "T7_failure_modes",
                        "T7 Failure modes: two-step model vs classical baseline on hard-case phantoms, per factor bin",
-                       runner._stamp(), notes)
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    from .tables import dataframe_to_markdown
-
-    return dataframe_to_markdown(df)
+                       runner.stamp(), notes)
