@@ -49,8 +49,9 @@ def main() -> int:
     from dentate_research.cli.demo import DEMO_EPOCHS, DEMO_ITERATIONS, DEMO_TRAINER, demo_split
     from dentate_research.data.manifest import read_manifest
     from dentate_research.data.phantom import generate_dataset
-    from dentate_research.inference.default_model import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, stage_config
     from dentate_research.training import train_stage
+    from dentate_research.training.stage_config import stage_config
+    from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER
 
     torch.set_num_threads(2)
     data = args.work / "data"

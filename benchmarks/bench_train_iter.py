@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import yaml
@@ -24,9 +23,8 @@ from monai.losses import DiceCELoss
 from omegaconf import OmegaConf
 
 from dentate_research.models import available_architectures, build_network, count_parameters, get_arch
+from dentate_research.schema import CONFIG_DIR
 from dentate_research.training.monai_loop import LoopSettings, make_optimizer
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def nnunet_network(patch: int) -> torch.nn.Module:
@@ -64,7 +62,8 @@ def bench(name: str, patch: int, batch: int, iters: int, warmup: int, cpu_sized:
         if cpu_sized:
             kwargs.update(cpu_sized_kwargs(name))
         net = build_network(name, 1, 3, (patch,) * 3, kwargs)
-    optimizer = make_optimizer(net.parameters(), name, LoopSettings(epochs=1, iterations_per_epoch=1))
+    loop = LoopSettings.from_trainer({"epochs": 1, "iterations_per_epoch": 1})
+    optimizer = make_optimizer(net.parameters(), name, loop)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     x = torch.randn(batch, 1, patch, patch, patch)
     y = torch.randint(0, 3, (batch, 1, patch, patch, patch))

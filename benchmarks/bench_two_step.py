@@ -148,8 +148,8 @@ def prepare(work: Path, n_test: int, seed: int, epochs: int, iterations: int, lr
     """
     from dentate_research.data.manifest import read_manifest
     from dentate_research.data.phantom import Preset, generate_dataset
-    from dentate_research.inference.default_model import stage_config
     from dentate_research.training import train_stage
+    from dentate_research.training.stage_config import stage_config
 
     manifest = work / "phantoms_1mm" / "manifest.tsv"
     if not manifest.exists():

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dentate_research.cli.main import main
 from dentate_research.models import available_architectures
+from dentate_research.schema import CONFIG_DIR, compose
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # groups of the train config: its defaults list plus `arch` (deliberately without a default)
 _DEFAULTS = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "train.yaml").defaults)
 GROUPS = sorted({next(iter(d)) for d in _DEFAULTS if isinstance(d, dict)} | {"arch"})
@@ -23,8 +21,7 @@ def _options(group: str) -> list[str]:
 
 
 def _compose(overrides: list[str], hydra_config: bool = False):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=hydra_config)
+    return compose("train", overrides, return_hydra_config=hydra_config)
 
 
 def test_config_groups_cover_every_swappable_part():

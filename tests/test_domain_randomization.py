@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
+from dentate_research.schema import CONFIG_DIR, compose
 from dentate_research.training.augmentation import (
     AugmentationSettings,
     Augmenter,
@@ -18,7 +17,6 @@ from dentate_research.training.augmentation import (
     simulate_thick_slices,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 N = 28
 
 # every intensity-only option, each alone at probability 1
@@ -192,16 +190,17 @@ def test_from_dict_converts_lists_and_rejects_unknown_keys():
         Augmenter(AugmentationSettings(thick_slice_axes=[3]), lateralized_labels=True)
 
 
-def test_dataclass_defaults_equal_default_yaml():
-    raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "augmentation" / "default.yaml"))
+def test_dataclass_defaults_are_the_only_defaults():
+    raw = OmegaConf.load(CONFIG_DIR / "augmentation" / "default.yaml")
+    assert not raw  # the YAML states no value: the schema's dataclass holds every default
+    composed = OmegaConf.to_container(compose("train", ["+arch=unet"]).augmentation, resolve=True)
     fields = {f.name for f in dataclasses.fields(AugmentationSettings)}
-    assert set(raw) - {"nnunet_mirroring"} == fields  # every option has exactly one documented default
-    assert AugmentationSettings.from_dict(raw) == AugmentationSettings()
+    assert set(composed) == fields  # every option reaches the composed config with exactly one default
+    assert AugmentationSettings.from_dict(composed) == AugmentationSettings()
 
 
 def test_hydra_domain_randomization_config_composes():
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["+arch=unet", "augmentation=domain_randomization"])
+    cfg = compose("train", ["+arch=unet", "augmentation=domain_randomization"])
     settings = AugmentationSettings.from_dict(OmegaConf.to_container(cfg.augmentation, resolve=True))
     assert settings.lr_flip == "swap_labels" and settings.streak_prob > 0 and settings.thick_slice_axes == [2]
     assert settings.noise_std == (0.02, 0.1) and settings.smooth_sigma == (0.3, 1.0)

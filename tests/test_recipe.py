@@ -18,7 +18,6 @@ from dentate_research.data.geometry import bbox_from_mask
 from dentate_research.data.io import load_image, load_label
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, check_sides
 from dentate_research.data.manifest import read_manifest
-from dentate_research.inference.default_model import stage_config
 from dentate_research.inference.pipeline import DentatePredictor
 from dentate_research.training import train_stage
 from dentate_research.training.artifacts import ModelCard, load_stage_model
@@ -26,6 +25,7 @@ from dentate_research.training.augmentation import AugmentationSettings, Augment
 from dentate_research.training.crops import crop_box_around, localize, min_crop_from_patch
 from dentate_research.training.datasets import PatchSampler
 from dentate_research.training.preprocessing import StageSample, prepare_samples, stage_classes
+from dentate_research.training.stage_config import stage_config
 from dentate_research.training.toy_data import make_toy_case
 
 

@@ -8,21 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dentate_research.data.geometry import BoundingBox, crop
 from dentate_research.data.io import load_image, load_label
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, check_sides
 from dentate_research.data.manifest import read_manifest
+from dentate_research.schema import compose
 from dentate_research.training.artifacts import ModelCard, load_stage_model, resolve_device
 from dentate_research.training.augmentation import AugmentationSettings, Augmenter
 from dentate_research.training.datasets import PatchSampler
 from dentate_research.training.inferer import InfererSettings, predict_probabilities
 from dentate_research.training.preprocessing import normalize_intensity, prepare_samples
 from dentate_research.training.toy_data import make_toy_case, make_toy_dataset
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # tiny network settings: every architecture trains in seconds on 32^3 patches
 TINY_ARCH = {
@@ -51,8 +49,7 @@ def toy_config(manifest: Path, run_dir: Path, arch: str, stage: str = "segmentat
         "data.grid.localization.patch_size=[32,32,32]", "data.label_rater='true'", "split=explicit",
         f"split.train=[{','.join(cases[:3])}]", f"split.val=[{cases[3]}]", f"paths.run_dir={run_dir}",
         "trainer.epochs=1", "stage.crop.margin_mm=6.0", *TINY_ARCH[arch], *extra]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose("train", overrides)
     OmegaConf.resolve(cfg)
     OmegaConf.set_struct(cfg, False)
     return cfg

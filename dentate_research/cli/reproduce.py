@@ -23,16 +23,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from dentate_research.schema import CONFIG_DIR, compose
 
 
 def _compose(config_dir: Path, name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+    """A packaged config (``config_dir`` = CONFIG_DIR or a sub-folder of it) composed with ``overrides``."""
+    return compose(name, overrides, config_dir=config_dir)
 
 
 def compose_train_config(overrides: list[str]):

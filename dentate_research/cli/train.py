@@ -31,9 +31,9 @@ import re
 import sys
 from pathlib import Path
 
+from dentate_research.schema import CONFIG_DIR, compose, register_configs
 from dentate_research.training.rundir import RunDirError, check_run_dir, remove_if_only_hydra
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 _ARCH_OVERRIDE = re.compile(r"^\+{0,2}arch=")
 _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
 
@@ -64,7 +64,6 @@ def _rank() -> int:
 def dry_run(argv: list[str], multirun: bool) -> int:
     """Compose every job of ``argv`` (a sweep with ``-m``), print it and, for ``hydra/launcher=slurm``, the sbatch
     script submitit would submit for the whole sweep; nothing is trained or submitted."""
-    from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -77,10 +76,7 @@ def dry_run(argv: list[str], multirun: bool) -> int:
         jobs = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     else:
         jobs = [overrides]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfgs = [compose(config_name="train", overrides=[*job, "hydra.job.name=train"], return_hydra_config=True)
-                for job in jobs]
+    cfgs = [compose("train", [*job, "hydra.job.name=train"], return_hydra_config=True) for job in jobs]
     GlobalHydra.instance().clear()
     from omegaconf import OmegaConf
 
@@ -131,8 +127,8 @@ def normalize_argv(argv: list[str]) -> list[str]:
 def run_hydra(argv: list[str]) -> int:
     """Run the Hydra app with ``argv`` (the verb already removed); returns the exit code."""
     if not CONFIG_DIR.is_dir():
-        print(f"error: config folder {CONFIG_DIR} not found (the train verb needs a source checkout)",
-              file=sys.stderr)
+        print(f"error: config folder {CONFIG_DIR} not found (a broken install: the configs ship inside the "
+              "package)", file=sys.stderr)
         return 2
     argv = normalize_argv(list(argv))
     if not any(_ARCH_OVERRIDE.match(a) for a in argv) and not any(a in _INFO_FLAGS for a in argv):
@@ -174,6 +170,8 @@ def run_hydra(argv: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig, open_dict
     from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()  # the schema (train_schema) every YAML file of the train config extends
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
     def _train(cfg: DictConfig) -> None:

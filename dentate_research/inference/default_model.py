@@ -24,15 +24,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from dentate_research.data.io import DataError
 from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, train_two_step_model
 
 MODEL_ENV = "DENTATE_RESEARCH_MODEL"
 STAGE_DIRS = ("localization", "segmentation")
-__all__ = ["DEFAULT_LOCALIZER", "DEFAULT_SEGMENTER", "MODEL_ENV", "config_group", "default_model_dir", "install_model",
-           "is_model_dir", "packaged_model_dir", "stage_config", "train_default_model", "user_model_dir"]
+__all__ = ["DEFAULT_LOCALIZER", "DEFAULT_SEGMENTER", "MODEL_ENV", "default_model_dir", "install_model",
+           "is_model_dir", "packaged_model_dir", "train_default_model", "user_model_dir"]
 
 
 def packaged_model_dir() -> Path:
@@ -67,69 +66,6 @@ def default_model_dir() -> Path:
         f"{packaged_model_dir()}). Create it offline in a few minutes on CPU with 'python -m dentate_research demo' "
         "(generates phantoms and trains a tiny two-step model), or pass --model MODEL_DIR (a folder with "
         "localization/ and segmentation/ run directories) or --localizer RUN_DIR --segmenter RUN_DIR.")
-
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-def config_group(group: str, name: str) -> dict[str, Any]:
-    """A config group file of ``configs/`` with its ``defaults`` chain merged (OmegaConf only, no Hydra), e.g.
-    ``config_group("augmentation", "domain_randomization")``: every default still lives in the YAML files."""
-    from omegaconf import OmegaConf
-
-    path = CONFIG_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-        raise DataError(f"{path}: no config '{name}' in group '{group}'; choices: {choices}")
-    raw = OmegaConf.load(path)
-    merged = OmegaConf.create({})
-    for entry in raw.get("defaults", []) or []:
-        if isinstance(entry, str) and entry != "_self_":
-            merged = OmegaConf.merge(merged, config_group(group, entry))
-    own = OmegaConf.masked_copy(raw, [k for k in raw if k != "defaults"])
-    return OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=False)  # type: ignore[return-value]
-
-
-def stage_config(manifest: Path, stage: str, run_dir: Path, spec: dict[str, Any], *, train_ids: list[str],
-                 val_ids: list[str], epochs: int, iterations_per_epoch: int, seed: int = 0, device: str = "cpu",
-                 batch_size: int = 2, lr: float | None = None, augmentation: dict[str, Any] | str | None = None,
-                 label_scheme: str = "lateral", localizer_run: Path | None = None, label_rater: str = "true",
-                 trainer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A complete ``train_stage`` config (the groups of ``configs/train.yaml``) for one stage run.
-
-    ``spec`` gives ``arch``, ``arch_kwargs``, ``spacing_mm`` and ``patch_size``; normalization, crop, inferer and
-    trainer defaults come from ``configs/stage/*.yaml``, ``configs/inferer/default.yaml`` and
-    ``configs/trainer/default.yaml``; ``augmentation`` is a dict or the name of a ``configs/augmentation`` file
-    (default: ``default``). ``localizer_run`` (segmentation): cut train/validation crops with that localizer
-    (``stage.crop.source=localizer``). ``trainer``: extra trainer keys (``patience``, ``max_minutes``, ...).
-    """
-    stage_yaml = config_group("stage", stage)
-    crop = dict(stage_yaml["crop"])
-    if stage == "segmentation" and localizer_run is not None:
-        crop.update({"source": "localizer", "localizer_run": str(localizer_run)})
-    if isinstance(augmentation, str) or augmentation is None:
-        augmentation = config_group("augmentation", augmentation or "default")
-        if stage == "localization":
-            augmentation["lr_flip"] = "plain"  # the cerebellum mask has no sides
-    trainer_cfg = {**config_group("trainer", "default"), "epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
-                   "val_every": epochs, "val_iterations": 1, "batch_size": batch_size, "foreground_prob": 0.5,
-                   "device": device, **(trainer or {})}
-    trainer_cfg["optimizer"] = {**trainer_cfg["optimizer"], **({"lr": lr} if lr is not None else {})}
-    return {
-        "seed": seed,
-        "arch": {"name": spec["arch"], "kwargs": dict(spec["arch_kwargs"])},
-        "data": {"name": "manifest", "manifest": str(manifest), "root": str(Path(manifest).parent),
-                 "label_rater": label_rater, "generate_if_missing": None},
-        "stage": {"name": stage, "spacing_mm": spec["spacing_mm"], "patch_size": list(spec["patch_size"]),
-                  "label_rater": label_rater, "label_scheme": label_scheme,
-                  "normalization": dict(stage_yaml["normalization"]), "crop": crop},
-        "split": {"name": "explicit", "train": list(train_ids), "val": list(val_ids)},
-        "trainer": trainer_cfg,
-        "augmentation": augmentation,
-        "inferer": config_group("inferer", "default"),
-        "logger": {"wandb": {"enabled": False, "mode": "disabled"}},
-        "paths": {"run_dir": str(run_dir), "runs_dir": str(Path(run_dir).parent)},
-    }
 
 
 def train_default_model(out_dir: Path | str | None = None, data_dir: Path | str | None = None, *,

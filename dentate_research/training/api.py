@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from ..data.io import DataError
 from ..data.manifest import Case, read_manifest
 from ..models import available_architectures, get_arch, validate_patch_size
+from ..schema import CONFIG_DIR, train_config
 from .artifacts import ModelCard, load_stage_model, plot_training_curve, write_run_info
 from .augmentation import AugmentationSettings
 from .crops import min_crop_from_patch
@@ -33,8 +35,6 @@ from .preprocessing import STAGES, median_spacing, prepare_samples, stage_classe
 from .rundir import check_run_dir, claim_run_dir
 from .validation import stage_metrics
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
 
 def missing_arch_message() -> str:
     choices = available_architectures()
@@ -43,16 +43,23 @@ def missing_arch_message() -> str:
 
 
 def _as_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
-    conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    if "arch" not in conf or conf.arch is None or not conf.arch.get("name"):
+    """The complete, checked config: absent keys take the schema's defaults (dentate_research.schema), unknown
+    keys are an error naming them."""
+    given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    if "arch" not in given or given.arch is None or not given.arch.get("name"):
         raise ValueError(missing_arch_message())
+    for key in ("data", "stage", "split", "trainer", "augmentation", "inferer", "logger", "paths"):
+        if key not in given:
+            raise ValueError(f"config is missing the '{key}' group; see {CONFIG_DIR}/train.yaml")
+    try:
+        conf = train_config(given)
+    except OmegaConfBaseException as exc:
+        first_line = str(exc).splitlines()[0]
+        raise DataError(f"config: {first_line} (keys and defaults: dentate_research/schema.py)") from exc
     try:
         get_arch(conf.arch.name)  # unknown name -> ValueError listing the choices
     except ValueError as exc:
         raise DataError(f"arch.name={conf.arch.name}: {exc}") from exc
-    for key in ("data", "stage", "split", "trainer", "augmentation", "inferer", "logger", "paths"):
-        if key not in conf:
-            raise ValueError(f"config is missing the '{key}' group; see {CONFIG_DIR}/train.yaml")
     return conf
 
 
@@ -163,20 +170,19 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
     cfg = apply_init_from(cfg)  # fine-tuning: the model's card sets the network settings
     arch = str(cfg.arch.name)
     spec = get_arch(arch)
-    arch_kwargs = OmegaConf.to_container(cfg.arch.get("kwargs") or {}, resolve=True)
+    arch_kwargs = OmegaConf.to_container(cfg.arch.kwargs, resolve=True)
     patch_size = [int(p) for p in cfg.stage.patch_size]
     try:
         validate_patch_size(arch, patch_size, arch_kwargs)  # early, before any data is read
     except ValueError as exc:
         raise DataError(f"stage.patch_size={patch_size}: {exc}") from exc
     tr = cfg.trainer
-    devices = int(tr.get("devices") or 1)
+    devices = int(tr.devices)
     if spec.framework == "nnunet" and devices > 1 and not _cuda_requested(str(tr.device)):
         raise DataError(f"trainer.devices={devices} with arch=nnunet: nnU-Net's own multi-GPU training (DDP) is "
                         "CUDA-only (nnU-Net asserts it); use trainer.device=cuda on GPUs, or trainer.devices=1 on a "
                         "CPU")
-    dist, device = setup_distributed(devices, str(tr.device), str(tr.get("dist_backend") or "auto"),
-                                     float(tr.get("dist_timeout_min") or 60.0))
+    dist, device = setup_distributed(devices, str(tr.device), str(tr.dist_backend), float(tr.dist_timeout_min))
     try:
         return _train_stage(cfg, unique_run_dir, dist, device, t_start)
     finally:
@@ -192,19 +198,19 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
     """The body of :func:`train_stage` once the config is checked and the process group (if any) joined."""
     stage, arch = str(cfg.stage.name), str(cfg.arch.name)
     spec = get_arch(arch)
-    arch_kwargs = OmegaConf.to_container(cfg.arch.get("kwargs") or {}, resolve=True)
+    arch_kwargs = OmegaConf.to_container(cfg.arch.kwargs, resolve=True)
     patch_size = [int(p) for p in cfg.stage.patch_size]
-    if cfg.trainer.get("num_threads"):
+    if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     seed = int(cfg.seed)
     from monai.utils import set_determinism
 
     set_determinism(seed=seed)
 
-    explicit_run_dir = bool(cfg.paths.get("run_dir"))
+    explicit_run_dir = bool(cfg.paths.run_dir)
     run_dir = Path(str(cfg.paths.run_dir)) if explicit_run_dir else default_run_dir(cfg)
     run_dir = run_dir.expanduser().resolve()
-    resume = bool(cfg.trainer.get("resume", False))
+    resume = bool(cfg.trainer.resume)
     unique = (not explicit_run_dir) if unique_run_dir is None else unique_run_dir
     if (resume or not unique) and dist.is_main:  # before any data is read: no other run's folder is overwritten
         check_run_dir(run_dir, resume=resume)
@@ -217,12 +223,12 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
                                                        data_cfg=cfg.data)
     by_id = {c.case_id: c for c in cases}
     train_cases, val_cases = [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
-    spacing = _spacing(cfg.stage.get("spacing_mm"), train_cases)
+    spacing = _spacing(cfg.stage.spacing_mm, train_cases)
     normalization = OmegaConf.to_container(cfg.stage.normalization, resolve=True)
-    crop_cfg = OmegaConf.to_container(cfg.stage.crop, resolve=True) if cfg.stage.get("crop") else {}
+    crop_cfg = OmegaConf.to_container(cfg.stage.crop, resolve=True)
     rater = cfg.stage.label_rater
     rater = "true" if rater is True else str(rater)  # YAML/Hydra read an unquoted `true` as a boolean
-    label_scheme = str(cfg.stage.get("label_scheme") or "lateral")
+    label_scheme = str(cfg.stage.label_scheme)
     classes = stage_classes(stage, label_scheme)
     localizer = None
     if stage == "segmentation" and crop_cfg.get("source") == "localizer":
@@ -261,8 +267,8 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
     # one merged DN class holds both nuclei (two components): the largest-component step runs per side after the
     # world-x side assignment (data.postprocess.postprocess_dn_labels), never on the merged class
     merged_dn = stage == "segmentation" and len(classes) == 2
-    postprocess = bool(cfg.inferer.get("largest_component_per_class", True)) and not merged_dn
-    margin_mm = float(crop_cfg.get("margin_mm", 10.0))
+    postprocess = bool(cfg.inferer.largest_component_per_class) and not merged_dn
+    margin_mm = float(crop_cfg["margin_mm"])
     card = ModelCard(
         stage=stage, arch=arch, framework=spec.framework, arch_kwargs=dict(arch_kwargs), classes=list(classes),
         target_spacing_mm=spacing, patch_size=patch_size, normalization=dict(normalization),
@@ -271,25 +277,14 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
         label_rater=rater, train_cases=train_ids, val_cases=val_ids, seed=seed,
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    lcfg = cfg.logger
-    wandb_cfg = lcfg.get("wandb") or {}
-    logger = RunLogger(run_dir, resolved, wandb_enabled=bool(wandb_cfg.get("enabled", False)),
-                       wandb_mode=str(wandb_cfg.get("mode", "offline")),
-                       project=str(wandb_cfg.get("project", "dentate_research")),
+    wandb_cfg = cfg.logger.wandb
+    logger = RunLogger(run_dir, resolved, wandb_enabled=bool(wandb_cfg.enabled), wandb_mode=str(wandb_cfg.mode),
+                       project=str(wandb_cfg.project),
                        run_name=f"{stage}_{arch}_{split_name}",
                        tags=[stage, arch, split_name]) if dist.is_main else None
     t0 = time.perf_counter()
     tr = cfg.trainer
-    opt = tr.get("optimizer") or {}
-    loop = LoopSettings(epochs=int(tr.epochs), iterations_per_epoch=int(tr.iterations_per_epoch),
-                        batch_size=int(tr.batch_size), val_every=int(tr.val_every), optimizer=opt.get("name"),
-                        lr=opt.get("lr"), weight_decay=opt.get("weight_decay"), momentum=opt.get("momentum"),
-                        lr_schedule=str(tr.lr_schedule), warmup_iterations=int(tr.get("warmup_iterations", 0)),
-                        grad_clip=tr.get("grad_clip"), amp=bool(tr.amp), foreground_prob=float(tr.foreground_prob),
-                        resume=bool(tr.get("resume", False)), patience=tr.get("patience"),
-                        min_delta=float(tr.get("min_delta") or 0.0), max_minutes=tr.get("max_minutes"),
-                        init_checkpoint=tr.get("init_checkpoint"),
-                        accumulate_grad_batches=int(tr.get("accumulate_grad_batches") or 1))
+    loop = LoopSettings.from_trainer(OmegaConf.to_container(tr, resolve=True))
     loop_result: dict[str, Any] = {}
     try:
         if spec.framework == "monai":
@@ -304,10 +299,10 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
             from .nnunet_runner import train_nnunet
 
             aug = cfg.augmentation
-            mirroring = bool(aug.get("enabled", True)) and bool(aug.get("nnunet_mirroring", True))
+            mirroring = bool(aug.enabled) and bool(aug.nnunet_mirroring)
             lateral = stage == "segmentation" and len(classes) >= 3
-            lr_swap = (float(aug.get("lr_flip_prob", 0.5)) if aug.get("enabled", True)
-                       and aug.get("lr_flip") == "swap_labels" and lateral else 0.0)
+            lr_swap = (float(aug.lr_flip_prob) if aug.enabled and aug.lr_flip == "swap_labels" and lateral
+                       else 0.0)
             if stage == "segmentation" and not lateral:  # merged scheme: nnU-Net learns one DN class
                 train_samples = [merged_sample(s) for s in train_samples]
                 val_nn = [merged_sample(s) for s in val_samples]
@@ -316,8 +311,8 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
             nn = train_nnunet(run_dir, train_samples, val_nn, classes, patch_size=patch_size,
                               batch_size=loop.batch_size, epochs=loop.epochs,
                               iterations_per_epoch=loop.iterations_per_epoch,
-                              val_iterations=int(tr.get("val_iterations", 5)), arch_kwargs=dict(arch_kwargs),
-                              device=device, seed=seed, initial_lr=opt.get("lr"),
+                              val_iterations=int(tr.val_iterations), arch_kwargs=dict(arch_kwargs),
+                              device=device, seed=seed, initial_lr=loop.lr,
                               allow_mirroring=mirroring, lr_swap_probability=lr_swap,
                               mirror_lr_axis=not lateral and stage == "segmentation", resume=loop.resume,
                               dist=dist)

@@ -19,7 +19,6 @@ case, so intensities are "normalized units" (case SD); sizes are voxels unless n
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,121 +42,10 @@ from numpy.polynomial import legendre
 from scipy.ndimage import convolve1d
 
 from ..data.laterality import lr_axis, mirror_left_right
+from ..schema import AugmentationSettings
 
 LR_FLIP_MODES = ("none", "swap_labels", "plain")
 AFFINE_KEY = "world_affine"  # voxel -> world (mm) matrix of the patch grid, passed along in the transform dict
-_PROB_KEYS = ("lr_flip_prob", "other_flip_prob", "affine_prob", "intensity_prob", "noise_prob", "smooth_prob",
-              "gamma_prob", "bias_field_prob", "offset_field_prob", "histogram_shift_prob", "lowres_prob",
-              "thick_slice_prob", "streak_prob")
-_RANGE_KEYS = ("smooth_sigma", "gamma_range", "histogram_shift_points", "lowres_zoom", "thick_slice_mm",
-               "streak_amplitude")
-
-
-@dataclass
-class AugmentationSettings:
-    """Probabilities and ranges. Angles in degrees, scales as fractions, intensities in normalized units.
-
-    ``lr_flip``: ``none`` (never mirror left-right), ``swap_labels`` (mirror and swap labels 1/2; required for
-    lateralized labels) or ``plain`` (mirror without swap; only for side-less targets such as the cerebellum).
-
-    Ranges ``(low, high)`` are sampled uniformly per patch. ``noise_std``: a number ``s`` draws the noise SD from
-    U(0, s) (MONAI default), a pair draws it from U(low, high). ``smooth_sigma``: Gaussian sigma range in voxels,
-    drawn per axis. Domain randomization (every ``*_prob`` below ``smooth_prob`` defaults to 0 = off):
-
-    - ``gamma_*``: gamma contrast on the min-max rescaled patch, mean and SD restored afterwards.
-    - ``bias_field_*``: multiplicative field exp(Legendre polynomial of degree 3 in patch coordinates); coefficients
-      U(-coeff, coeff) (0.05 gives a typical max/min gain ratio of ~1.5 across a patch).
-    - ``offset_field_*``: additive smooth field (degree-3 Legendre, no constant term) with peak |value| drawn from
-      U(0, amplitude) normalized units: residual background field left by QSM background-field removal.
-    - ``histogram_shift_*``: random monotonic piecewise-linear intensity mapping with (low, high) control points.
-    - ``lowres_*``: isotropic down-sampling by a zoom factor in (low, high) (area averaging) and linear upsampling.
-    - ``thick_slice_*``: slab average over a thickness in mm (converted to voxels with the patch spacing) along one
-      of the allowed WORLD axes (0 = x/left-right, 1 = y, 2 = z/superior-inferior), one sample per slab, linear
-      interpolation back to the grid (anisotropic partial volume).
-    - ``streak_*``: QSM streaking: white noise restricted to the k-space region where the dipole kernel
-      |D(k)| < ``streak_threshold`` (TKD's ill-conditioned cone around the magic angle) for a B0 direction within
-      ``streak_tilt_deg`` of world z, scaled to a SD of U(amplitude) times the patch SD.
-    """
-
-    enabled: bool = True
-    lr_flip: str = "swap_labels"
-    lr_flip_prob: float = 0.5
-    other_flip_axes: list[int] = field(default_factory=list)
-    other_flip_prob: float = 0.5
-    rotate_deg: float = 15.0
-    scale: float = 0.1
-    affine_prob: float = 0.2
-    intensity_scale: float = 0.1
-    intensity_shift: float = 0.1
-    intensity_prob: float = 0.3
-    noise_std: float | tuple[float, float] = 0.05
-    noise_prob: float = 0.15
-    smooth_sigma: tuple[float, float] = (0.5, 1.0)
-    smooth_prob: float = 0.1
-    # domain randomization (SynthSeg-style), off by default
-    gamma_prob: float = 0.0
-    gamma_range: tuple[float, float] = (0.7, 1.5)
-    bias_field_prob: float = 0.0
-    bias_field_coeff: float = 0.05
-    offset_field_prob: float = 0.0
-    offset_field_amplitude: float = 0.3
-    histogram_shift_prob: float = 0.0
-    histogram_shift_points: tuple[int, int] = (5, 10)
-    lowres_prob: float = 0.0
-    lowres_zoom: tuple[float, float] = (0.5, 1.0)
-    thick_slice_prob: float = 0.0
-    thick_slice_mm: tuple[float, float] = (1.5, 3.0)
-    thick_slice_axes: list[int] = field(default_factory=lambda: [2])
-    streak_prob: float = 0.0
-    streak_amplitude: tuple[float, float] = (0.05, 0.3)
-    streak_threshold: float = 0.15
-    streak_tilt_deg: float = 25.0
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> AugmentationSettings:
-        d = dict(d or {})
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - set(known) - {"name", "nnunet_mirroring"})
-        if unknown:
-            raise ValueError(f"augmentation: unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
-        for key in _RANGE_KEYS:
-            if key in known:
-                known[key] = tuple(known[key])
-        if isinstance(known.get("noise_std"), (list, tuple)):
-            known["noise_std"] = tuple(known["noise_std"])
-        for key in ("other_flip_axes", "thick_slice_axes"):
-            if key in known:
-                known[key] = list(known[key])
-        return cls(**known)
-
-    def validate(self) -> None:
-        """Raise ValueError for probabilities outside [0, 1] and empty or impossible ranges."""
-        for key in _PROB_KEYS:
-            if not 0.0 <= float(getattr(self, key)) <= 1.0:
-                raise ValueError(f"augmentation.{key} must be in [0, 1], got {getattr(self, key)}")
-        ranges = {key: getattr(self, key) for key in _RANGE_KEYS}
-        if isinstance(self.noise_std, tuple):
-            ranges["noise_std"] = self.noise_std
-        for key, value in ranges.items():
-            if len(value) != 2 or not 0 <= value[0] <= value[1]:
-                raise ValueError(f"augmentation.{key} must be a range [low, high] with 0 <= low <= high, got {value}")
-        checks = {
-            "gamma_range": self.gamma_range[0] > 0,
-            "histogram_shift_points": self.histogram_shift_points[0] >= 3,
-            "lowres_zoom": self.lowres_zoom[0] > 0 and self.lowres_zoom[1] <= 1,
-            "thick_slice_mm": self.thick_slice_mm[0] > 0,
-            "thick_slice_axes": bool(self.thick_slice_axes) and set(self.thick_slice_axes) <= {0, 1, 2},
-            "streak_threshold": 0 < self.streak_threshold < 2 / 3,
-            "streak_tilt_deg": 0 <= self.streak_tilt_deg <= 90,
-            "bias_field_coeff": self.bias_field_coeff >= 0,
-            "offset_field_amplitude": self.offset_field_amplitude >= 0,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"augmentation: invalid value(s) for {bad}: "
-                             f"{ {k: getattr(self, k) for k in bad} }")
-
-
 # ---------------------------------------------------------------- array functions (one channel, X, Y, Z)
 
 def legendre_field(shape: Sequence[int], coeffs: np.ndarray, degree: int) -> np.ndarray:

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 _CLUSTERS = {"LocalLauncher": "local", "SlurmLauncher": "slurm", "BasicLauncher": None}
 # keys of the launcher node that are not executor parameters
 _NOT_PARAMETERS = {"_target_", "submitit_folder", "max_num_timeout"}
@@ -35,14 +34,12 @@ def is_launcher_override(arg: str) -> bool:
 def launcher_config(overrides: Sequence[str], job_name: str = "train") -> dict[str, Any]:
     """The resolved ``hydra.launcher`` node of ``configs/train.yaml`` with ``overrides`` (``hydra/launcher=slurm``,
     ``hydra.launcher.partition=gpu``, ...), as a plain dict."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["+arch=unet", f"hydra.job.name={job_name}", *overrides],
-                      return_hydra_config=True)
+    from ..schema import compose
+
+    cfg = compose("train", ["+arch=unet", f"hydra.job.name={job_name}", *overrides], return_hydra_config=True)
     GlobalHydra.instance().clear()
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)  # type: ignore[return-value]
 

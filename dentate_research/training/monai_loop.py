@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from monai.losses import DiceCELoss
 from tqdm.auto import tqdm
 
 from ..models import build_network, get_arch
+from ..schema import TrainerSettings
 from .augmentation import AugmentationSettings, Augmenter
 from .datasets import PatchSampler
 from .distributed import DistContext, shard_seed
@@ -40,27 +41,43 @@ LR_SCHEDULES = ("poly", "cosine", "constant")
 
 @dataclass
 class LoopSettings:
-    """Training budget and optimisation settings (see configs/trainer)."""
+    """Training budget and optimisation settings of the MONAI loop, built from the trainer config
+    (:class:`dentate_research.schema.TrainerSettings`, where their defaults live) by :meth:`from_trainer`."""
 
     epochs: int
     iterations_per_epoch: int
-    batch_size: int = 2
-    val_every: int = 1
-    optimizer: str | None = None  # None: the architecture's recommendation
-    lr: float | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    lr_schedule: str = "poly"
-    warmup_iterations: int = 0
-    grad_clip: float | None = 12.0
-    amp: bool = False
-    foreground_prob: float = 0.33
-    resume: bool = False
-    patience: int | None = None  # early stop after this many validations without improvement (None: off)
-    min_delta: float = 0.0  # improvement of the selection score that resets the patience counter
-    max_minutes: float | None = None  # wall-clock budget of the training loop (None: off)
-    init_checkpoint: str | None = None  # fine-tuning: start from these weights (training.finetune)
-    accumulate_grad_batches: int = 1  # micro-batches per optimizer step (each from its own patch stream)
+    batch_size: int
+    val_every: int
+    optimizer: str | None  # None: the architecture's recommendation
+    lr: float | None
+    weight_decay: float | None
+    momentum: float | None
+    lr_schedule: str
+    warmup_iterations: int
+    grad_clip: float | None
+    amp: bool
+    foreground_prob: float
+    resume: bool
+    patience: int | None  # early stop after this many validations without improvement (None: off)
+    min_delta: float  # improvement of the selection score that resets the patience counter
+    max_minutes: float | None  # wall-clock budget of the training loop (None: off)
+    init_checkpoint: str | None  # fine-tuning: start from these weights (training.finetune)
+    accumulate_grad_batches: int  # micro-batches per optimizer step (each from its own patch stream)
+
+    @classmethod
+    def from_trainer(cls, trainer: Mapping[str, Any] | TrainerSettings | None = None, **changes: Any) -> LoopSettings:
+        """From a (partial) trainer config: absent keys take the schema's defaults; ``changes`` override."""
+        from omegaconf import OmegaConf
+
+        tr = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerSettings), trainer or {}, changes))
+        opt = tr.optimizer
+        return cls(epochs=int(tr.epochs), iterations_per_epoch=int(tr.iterations_per_epoch),
+                   batch_size=int(tr.batch_size), val_every=int(tr.val_every), optimizer=opt.name, lr=opt.lr,
+                   weight_decay=opt.weight_decay, momentum=opt.momentum, lr_schedule=str(tr.lr_schedule),
+                   warmup_iterations=int(tr.warmup_iterations), grad_clip=tr.grad_clip, amp=bool(tr.amp),
+                   foreground_prob=float(tr.foreground_prob), resume=bool(tr.resume), patience=tr.patience,
+                   min_delta=float(tr.min_delta), max_minutes=tr.max_minutes, init_checkpoint=tr.init_checkpoint,
+                   accumulate_grad_batches=int(tr.accumulate_grad_batches))
 
     def __post_init__(self) -> None:
         if self.patience is not None and int(self.patience) < 1:

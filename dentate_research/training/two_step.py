@@ -50,11 +50,8 @@ def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer
     """
     from dentate_research.data.manifest import read_manifest
 
-    # TODO(issue 12): stage_config still lives in inference/default_model.py (being rewritten by the lead); once it
-    # moves below inference this lazy upward import goes.
-    from dentate_research.inference.default_model import stage_config
-
     from .api import train_stage
+    from .stage_config import stage_config
 
     out_dir = Path(out_dir)
     manifest = Path(manifest)
