@@ -15,6 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..data.io import Volume, load_image, save_like
+from ..data.labels import DN_SIDES, SIDE_NAMES
 from ..data.manifest import Case
 
 
@@ -64,14 +65,16 @@ def segment_cases(model: Any, cases: Sequence[Case], seg_dir: Path, desc: str = 
 
 def attach_diagnostics(table: pd.DataFrame, diag_table: pd.DataFrame) -> pd.DataFrame:
     """Add per-side baseline diagnostics (``baseline_<name>``) and case-level ones to the per-case table."""
+    sides = [SIDE_NAMES[value] for value in DN_SIDES]
+    side_prefixes = tuple(f"{side}_" for side in sides)
     rows = []
     for _, d in diag_table.iterrows():
-        for side in ("left", "right"):
+        for side in sides:
             row = {"case": d["case"], "side": side}
             for key, value in d.items():
                 if key.startswith(f"{side}_"):
                     row[f"baseline_{key[len(side) + 1:]}"] = value
-                elif not key.startswith(("left_", "right_")) and key != "case":
+                elif not key.startswith(side_prefixes) and key != "case":
                     row["baseline_case_flags" if key == "flags" else f"baseline_{key}"] = value
             rows.append(row)
     return table.merge(pd.DataFrame(rows), on=["case", "side"], how="left")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dentate_research.data.io import NIFTI_SUFFIXES, DataError
+from dentate_research.data.labels import DN_SIDES, SIDE_NAMES
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FLAGGED = 0, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
@@ -378,7 +379,7 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
             stats = written.metadata["statistics"]
             sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
                               f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm"
-                              for side in ("left", "right"))
+                              for side in (SIDE_NAMES[value] for value in DN_SIDES))
             tqdm.write(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})", file=sys.stdout)
             for flag in written.flags:
                 tqdm.write(f"  FLAG {flag}", file=sys.stderr)

@@ -32,12 +32,13 @@ import pandas as pd
 from .io import NIFTI_SUFFIXES, DataError, load_image, save_nifti
 from .laterality import LEFT_DN, RIGHT_DN, check_sides
 from .manifest import Case, write_manifest
+from .units import UNIT_TO_PPM
 
 QSM_SUFFIX = "Chimap"
 # entities that identify one scan; any other entity (rec, desc, space, ...) distinguishes maps OF a scan
 SCAN_ENTITIES = ("sub", "ses", "acq", "run")
 PPM_PLAUSIBLE_MAX = 1.5  # 99.5th percentile of |value| over non-zero voxels, ppm
-UNITS = ("ppm", "ppb")  # what the manifest's units column (evaluation.metrics.UNIT_TO_PPM) converts
+UNITS = tuple(unit for unit in UNIT_TO_PPM if unit)  # ('ppm', 'ppb'): what the manifest's units column converts
 _ENTITY = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9]+)$")
 
 

@@ -17,8 +17,9 @@ import nibabel as nib
 import numpy as np
 
 from .atomic import atomic_output
+from .labels import BACKGROUND, DN_SIDES
 
-ALLOWED_LABEL_VALUES = (0, 1, 2)
+ALLOWED_LABEL_VALUES = (BACKGROUND, *DN_SIDES)  # the lateral scheme of data/labels.py
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 

@@ -21,9 +21,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io import DataError, load_image, load_label, save_nifti
+from .labels import BACKGROUND, LEFT_DN, RIGHT_DN
 from .manifest import Case, read_manifest
+from .units import array_in_ppm
 
-NNUNET_LABELS = {"background": 0, "left_DN": 1, "right_DN": 2}
+# dataset.json labels (nnU-Net's names -> the lateral scheme's values of data/labels.py)
+NNUNET_LABELS = {"background": BACKGROUND, "left_DN": LEFT_DN, "right_DN": RIGHT_DN}
 _CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
@@ -66,15 +69,6 @@ def write_dataset_json(folder: Path, labels: dict[str, int], n_training: int, de
     path = folder / "dataset.json"
     path.write_text(json.dumps(dataset, indent=2) + "\n")
     return path
-
-
-def _ppm(case: Case, array: np.ndarray) -> np.ndarray:
-    units = str(case.meta.get("units", "ppm") or "ppm").lower()
-    if units == "ppb":
-        return array / 1000.0
-    if units != "ppm":
-        raise DataError(f"case {case.case_id}: units '{units}' cannot be converted to ppm; allowed: ppm, ppb")
-    return array
 
 
 def export_nnunet(manifest: Path | str | list[Case], raw_dir: Path | str, dataset_id: int = 501,
@@ -120,7 +114,8 @@ def export_nnunet(manifest: Path | str | list[Case], raw_dir: Path | str, datase
     for case in tqdm(cases, desc="nnU-Net export", disable=not progress):
         image = load_image(case.image)
         label = load_label(case.label(rater), reference=image) if case.case_id in train_set else None
-        write_raw_case(folder, case.case_id, _ppm(case, image.array), image.affine,
+        image_ppm = array_in_ppm(image.array, case.meta.get("units"), f"case {case.case_id}")
+        write_raw_case(folder, case.case_id, image_ppm, image.affine,
                        None if label is None else label.array, None if label is None else label.affine)
     write_dataset_json(folder, NNUNET_LABELS, len(train_ids),
                        f"DN segmentation in QSM; labels from rater '{rater}'; exported by dentate_research",

@@ -233,6 +233,15 @@ class MissingPredictionError(DataError):
     """A case has no prediction file; the message names the case and the paths looked for."""
 
 
+def case_identity(case: Case, method: str, fold: str | int | None, reference: str) -> dict[str, str]:
+    """The identity columns of a case's per-case rows (:data:`ID_COLUMNS` but ``side``): case, subject, site,
+    group (manifest meta, '' if absent), method, fold (``None``: the case's meta 'fold', '' if absent) and
+    reference (the rater scored against)."""
+    return {"case": case.case_id, "subject": case.subject, "site": case.site,
+            "group": str(case.meta.get("group", "")), "method": method,
+            "fold": str(fold if fold is not None else case.meta.get("fold", "")), "reference": reference}
+
+
 def evaluate_cases(cases: list[Case], predictions: Mapping[str, Path] | Path | str, *, method: str,
                    reference: str = "rater1", fold: str | int | None = None, allow_missing: bool = False,
                    progress: bool = True, meta_columns: Iterable[str] = META_COLUMNS) -> pd.DataFrame:
@@ -264,10 +273,7 @@ def evaluate_cases(cases: list[Case], predictions: Mapping[str, Path] | Path | s
             looked = [path] if path is not None else []
             if path is not None and not Path(path).exists():
                 path = None
-        ident = {"case": case.case_id, "subject": case.subject, "site": case.site,
-                 "group": str(case.meta.get("group", "")), "method": method,
-                 "fold": str(fold if fold is not None else case.meta.get("fold", "")), "reference": reference,
-                 **{m: case.meta.get(m, "") for m in meta_columns}}
+        ident = {**case_identity(case, method, fold, reference), **{m: case.meta.get(m, "") for m in meta_columns}}
         if path is None:
             if not allow_missing:
                 where = " or ".join(str(p) for p in looked) or "(no path given for this case)"

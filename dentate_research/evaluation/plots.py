@@ -15,8 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dentate_research.data.atomic import atomic_output  # noqa: E402
+from dentate_research.data.labels import DN_SIDES, SIDE_NAMES  # noqa: E402
 
 from .stats import bland_altman, pearson  # noqa: E402
+
+_SIDE_ORDER = tuple(SIDE_NAMES[side] for side in DN_SIDES)  # 'left', 'right': panel/box order
 
 # one look for every figure, whatever style another library (seaborn through pingouin, a notebook) left behind
 HOUSE_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8,
@@ -49,7 +52,7 @@ def _save(fig, path: Path | str) -> Path:
 def bland_altman_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
                       ref_col: str = "volume_ref_mm3", title: str = "", unit: str = "mm³") -> Path:
     """One panel per side: difference (pred - ref) vs mean, with bias and 95 % limits of agreement."""
-    sides = [s for s in ("left", "right") if s in set(df["side"])] or sorted(set(df["side"]))
+    sides = [s for s in _SIDE_ORDER if s in set(df["side"])] or sorted(set(df["side"]))
     fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 4), squeeze=False)
     for ax, side in zip(axes[0], sides, strict=True):
         part = df[df["side"] == side]
@@ -73,7 +76,7 @@ def bland_altman_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volum
 def scatter_plot(df: pd.DataFrame, path: Path | str, pred_col: str = "volume_pred_mm3",
                  ref_col: str = "volume_ref_mm3", title: str = "") -> Path:
     """Automated vs reference values per side with identity line and Pearson r."""
-    sides = [s for s in ("left", "right") if s in set(df["side"])] or sorted(set(df["side"]))
+    sides = [s for s in _SIDE_ORDER if s in set(df["side"])] or sorted(set(df["side"]))
     fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 4.5), squeeze=False)
     for ax, side in zip(axes[0], sides, strict=True):
         part = df[df["side"] == side]
@@ -103,7 +106,7 @@ def dice_by_site_plot(df: pd.DataFrame, path: Path | str, metric: str = "dice", 
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(sites) * len(methods)), 4))
     width = 0.8 / (2 * len(methods))
     for m_i, method in enumerate(methods):
-        for s_i, side in enumerate(("left", "right")):
+        for s_i, side in enumerate(_SIDE_ORDER):
             data, pos = [], []
             for k, site in enumerate(sites):
                 v = df[(df["site"].astype(str) == site) & (df["side"] == side) & (df["method"] == method)][metric]

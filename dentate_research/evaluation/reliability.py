@@ -13,6 +13,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from dentate_research.data.io import load_label
+from dentate_research.data.labels import DN_SIDES, SIDE_NAMES
 from dentate_research.data.manifest import Case
 
 from .metrics import side_metrics, voxel_volume_mm3
@@ -20,6 +21,8 @@ from .stats import format_mean_sd, icc
 
 DEFAULT_PAIRS: tuple[tuple[str, str, str], ...] = (("intrarater", "rater1", "rater1_retrace"),
                                                    ("interrater", "rater1", "rater2"))
+# summary sides: 'left', 'right' (data/labels.py SIDE_NAMES) and 'both' (all case-sides pooled)
+SUMMARY_SIDES = (*(SIDE_NAMES[side] for side in DN_SIDES), "both")
 
 
 def rater_pair_table(cases: Sequence[Case], rater_a: str, rater_b: str, progress: bool = True) -> pd.DataFrame:
@@ -33,10 +36,10 @@ def rater_pair_table(cases: Sequence[Case], rater_a: str, rater_b: str, progress
         a = load_label(case.labels[rater_a])
         b = load_label(case.labels[rater_b], reference=a)
         voxel = voxel_volume_mm3(a.affine)
-        for side, name in ((1, "left"), (2, "right")):
+        for side in DN_SIDES:
             m = side_metrics(b.array == side, a.array == side, a.spacing, voxel)
             rows.append({"case": case.case_id, "subject": case.subject, "site": case.site,
-                         "group": str(case.meta.get("group", "")), "side": name, "rater_a": rater_a,
+                         "group": str(case.meta.get("group", "")), "side": SIDE_NAMES[side], "rater_a": rater_a,
                          "rater_b": rater_b, "volume_a_mm3": m["volume_ref_mm3"], "volume_b_mm3": m["volume_pred_mm3"],
                          "dice": m["dice"], "hd95_mm": m["hd95_mm"], "assd_mm": m["assd_mm"], "flag": m["flag"]})
     return pd.DataFrame(rows)
@@ -57,7 +60,7 @@ def rater_reliability(cases: Sequence[Case], pairs: Sequence[tuple[str, str, str
             continue
         table.insert(0, "study", study)
         per_case.append(table)
-        for side in ("left", "right", "both"):
+        for side in SUMMARY_SIDES:
             part = table if side == "both" else table[table["side"] == side]
             long = pd.concat([
                 pd.DataFrame({"target": part["case"] + ":" + part["side"], "rater": a,
@@ -81,7 +84,7 @@ def rater_reliability(cases: Sequence[Case], pairs: Sequence[tuple[str, str, str
                                      "ci95_low": r["ci95_low"], "ci95_high": r["ci95_high"], "pval": r["pval"]})
     summary = pd.DataFrame(summary_rows)
     if not summary.empty:
-        sides = summary[summary["side"].isin(["left", "right"])]
+        sides = summary[summary["side"].isin([SIDE_NAMES[side] for side in DN_SIDES])]
         means = (sides.groupby(["study", "rater_a", "rater_b", "form", "form_name"], as_index=False)
                  .agg(icc=("icc", "mean"), dice_mean=("dice_mean", "mean"), n_cases=("n_cases", "max")))
         means["side"] = "mean_of_sides"
@@ -95,7 +98,7 @@ def reliability_markdown(summary: pd.DataFrame) -> str:
         return "No rater pairs with labels on common cases.\n"
     lines = ["| study | raters | side | ICC form | ICC (95% CI) | Dice between raters | n |",
              "|---|---|---|---|---|---|---|"]
-    order = {"left": 0, "right": 1, "both": 2, "mean_of_sides": 3}
+    order = {name: rank for rank, name in enumerate((*SUMMARY_SIDES, "mean_of_sides"))}
     ordered = summary.assign(_side=summary["side"].map(order)).sort_values(["study", "_side", "form"])
     for _, r in ordered.iterrows():
         ci = (f" ({r['ci95_low']:.2f}-{r['ci95_high']:.2f})" if np.isfinite(r.get("ci95_low", np.nan)) else "")

@@ -67,7 +67,7 @@ from dentate_research.data.atomic import (
 )
 from dentate_research.data.geometry import BoundingBox, box_extent_mm
 from dentate_research.data.io import NIFTI_SUFFIXES, DataError, Volume, save_like, save_nifti
-from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
+from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, SIDE_NAMES
 from dentate_research.model_contract import card_to_dict
 from dentate_research.provenance import package_versions
 
@@ -452,7 +452,7 @@ def _qc_columns(result: SegmentationResult) -> dict[str, Any]:
     confidence = qc.get("confidence") or {}
     status = qc.get("qc_status") or qc_status(result.flags, bool(qc.get("confidence_checked")))
     row: dict[str, Any] = {"qc_status": status, "volume_ratio": qc.get("volume_ratio")}
-    for side in ("left", "right"):
+    for side in (SIDE_NAMES[LEFT_DN], SIDE_NAMES[RIGHT_DN]):
         entry = confidence.get(side)
         row[f"{side}_confidence"] = None if entry is None else entry["mean"]
     return row

@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from dentate_research.data.labels import DN_SIDES
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, SIDE_NAMES, world_centroid
 
 AXES = ("x", "y", "z")
@@ -175,7 +176,7 @@ def confidence_metrics(labels: np.ndarray, confidence: np.ndarray | None, uncert
     if confidence.shape != labels.shape:
         raise ValueError(f"confidence map has shape {confidence.shape}, the labels {labels.shape}")
     out: dict[str, Any] = {"measure": measure}
-    for name, mask in (("left", labels == LEFT_DN), ("right", labels == RIGHT_DN), ("all", labels > 0)):
+    for name, mask in (*((SIDE_NAMES[v], labels == v) for v in DN_SIDES), ("all", labels > 0)):
         values = confidence[mask]
         out[name] = None if values.size == 0 else {
             "mean": round(float(values.mean()), 4),
@@ -222,7 +223,7 @@ def quality_check(labels: np.ndarray, labels_affine: np.ndarray, cerebellum: np.
 
     position = dn_position_metrics(labels, labels_affine, cerebellum, cerebellum_affine, midline_x_mm)
     ranges = {"y": thresholds.position_y_range, "z": thresholds.position_z_range}
-    for side in ("left", "right"):
+    for side in (SIDE_NAMES[v] for v in DN_SIDES):
         entry = position[side]
         if entry is None:
             continue
@@ -243,7 +244,7 @@ def quality_check(labels: np.ndarray, labels_affine: np.ndarray, cerebellum: np.
 
     summary = confidence_metrics(labels, confidence, thresholds.uncertain_probability, confidence_measure)
     if summary is not None:
-        for side in ("left", "right"):
+        for side in (SIDE_NAMES[v] for v in DN_SIDES):
             entry = summary[side]
             if entry is None:
                 continue

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from tqdm import tqdm
 
+from ..data.labels import DN_SIDES, SIDE_NAMES
 from ..evaluation.stats import agreement
 from .paper import PAPER
 from .tables import write_table
@@ -53,7 +54,7 @@ def loso_study(runner: StudyRunner) -> Path:
     table = pd.concat([volume.assign(site="all"), chi.assign(site="all"), per_site], ignore_index=True)
     table = table[[c for c in KEEP if c in table.columns]]
     runner.fig_dir.mkdir(parents=True, exist_ok=True)
-    for side in ("left", "right"):
+    for side in (SIDE_NAMES[value] for value in DN_SIDES):
         part = df[df["side"] == side]
         if len(part.dropna(subset=["volume_pred_mm3", "volume_ref_mm3"])) >= 2:
             bland_altman_plot(part, runner.fig_dir / f"T6_bland_altman_volume_{side}.png",

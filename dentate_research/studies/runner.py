@@ -48,7 +48,8 @@ import pandas as pd
 from ..data.io import Volume, load_image, load_label
 from ..data.manifest import Case, read_manifest
 from ..data.splits import load_split, make_splits, write_splits
-from ..evaluation.metrics import case_image_in_ppm, evaluate_case
+from ..data.units import case_image_in_ppm
+from ..evaluation.metrics import case_identity, evaluate_case
 from .loso import loso_sites
 from .paper import PAPER
 from .registry import STUDIES, look_up_study
@@ -290,9 +291,7 @@ class StudyRunner:
         for row in evaluate_case(pred, reference, image_ppm):  # mean susceptibility in ppm whatever the units
             if flag:
                 row["flag"] = ";".join(x for x in (str(row.get("flag") or ""), flag) if x)
-            rows.append({"case": case.case_id, "subject": case.subject, "site": case.site,
-                         "group": str(case.meta.get("group", "")), "method": method, "fold": fold,
-                         "reference": reference_name or self.s.rater, **row, **(extra or {})})
+            rows.append({**case_identity(case, method, fold, reference_name or self.s.rater), **row, **(extra or {})})
         return rows
 
     def save_per_case(self, df: pd.DataFrame, name: str) -> None:

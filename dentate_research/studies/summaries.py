@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.labels import DN_SIDES, SIDE_NAMES
+
 
 def mean_sd_text(values: pd.Series) -> str:
     """'0.901 +/- 0.030' of the numeric values ('0.901' for one value, 'n/a' for none)."""
@@ -24,7 +26,7 @@ def dice_by_side(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     for key, part in df.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key, strict=True))
-        for side in ("left", "right"):
+        for side in (SIDE_NAMES[value] for value in DN_SIDES):
             row[f"dice_{side}"] = mean_sd_text(part.loc[part["side"] == side, "dice"])
         row["hd95_mm"] = mean_sd_text(part["hd95_mm"])
         row["n_cases"] = part["case"].nunique()

@@ -23,17 +23,18 @@ from tqdm.auto import tqdm
 
 from ..data.geometry import BoundingBox, bbox_from_mask, crop, resample_to_spacing
 from ..data.io import DataError, Volume, load_image, load_label
+from ..data.labels import CEREBELLUM_TARGET
+from ..data.labels import label_scheme as segmentation_scheme
 from ..data.laterality import midline_x
 from ..data.manifest import Case
 from .crops import crop_box_around, localize
 
 STAGES = ("localization", "segmentation")
 NORMALIZATION_SCHEMES = ("zscore_nonzero", "robust_zscore_nonzero", "none")
-CLASSES = {"localization": ["background", "cerebellum"], "segmentation": ["background", "left_dn", "right_dn"]}
-# Segmentation label schemes: ``lateral`` trains 0/1/2 (left/right DN in world RAS); ``merged`` trains one DN class
-# (0/1) and the sides are assigned afterwards from world x relative to the cerebellar midline (left-right flips then
-# need no label swap). Either way the pipeline's post-processing assigns sides from world x.
-LABEL_SCHEMES = {"lateral": ["background", "left_dn", "right_dn"], "merged": ["background", "dn"]}
+# Class names come from data/labels.py: localization predicts CEREBELLUM_TARGET; segmentation a scheme of
+# LABEL_SCHEMES: ``lateral`` trains 0/1/2 (left/right DN in world RAS); ``merged`` trains one DN class (0/1) and the
+# sides are assigned afterwards from world x relative to the cerebellar midline (left-right flips then need no
+# label swap). Either way the pipeline's post-processing assigns sides from world x.
 CROP_SOURCES = ("cerebellum", "dn", "localizer")
 
 
@@ -42,10 +43,8 @@ def stage_classes(stage: str, label_scheme: str = "lateral") -> list[str]:
     if stage not in STAGES:
         raise ValueError(f"stage '{stage}' unknown; allowed: {list(STAGES)}")
     if stage == "localization":
-        return list(CLASSES["localization"])
-    if label_scheme not in LABEL_SCHEMES:
-        raise ValueError(f"stage.label_scheme '{label_scheme}' unknown; allowed: {list(LABEL_SCHEMES)}")
-    return list(LABEL_SCHEMES[label_scheme])
+        return list(CEREBELLUM_TARGET.class_names)
+    return list(segmentation_scheme(label_scheme).class_names)  # ValueError for an unknown scheme
 
 
 def normalize_intensity(array: np.ndarray, scheme: str = "zscore_nonzero",

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ..labels import LEFT_DN, RIGHT_DN
+
 # Nominal MNI centres of the dentate nuclei (mm).
 DN_CENTRE_LEFT = (-13.8, -55.8, -36.4)
 DN_CENTRE_RIGHT = (13.8, -55.7, -36.4)
@@ -103,7 +105,7 @@ class DentateShape:
 
     def rotation(self) -> np.ndarray:
         """Columns: local u, v, w axes expressed in MNI (x, y, z)."""
-        sign = 1.0 if self.side == 1 else -1.0  # medial is +x for the left DN, -x for the right
+        sign = 1.0 if self.side == LEFT_DN else -1.0  # medial is +x for the left DN, -x for the right
         yaw, pitch = np.deg2rad(self.yaw_deg), np.deg2rad(self.pitch_deg)
         u = np.array([sign * np.sin(yaw) * np.cos(pitch), np.cos(yaw) * np.cos(pitch), np.sin(pitch)])
         w0 = np.array([0.0, 0.0, 1.0])
@@ -285,7 +287,7 @@ def sample_subject(rng: np.random.Generator, group: str, age: float | None = Non
     else:
         volume_mean = float(np.clip(rng.normal(950, 110) + 1.5 * (35 - age) * 0, 720, 1180))
     dn_chi = chi["dentate"]
-    for side, nominal in ((1, DN_CENTRE_LEFT), (2, DN_CENTRE_RIGHT)):
+    for side, nominal in ((LEFT_DN, DN_CENTRE_LEFT), (RIGHT_DN, DN_CENTRE_RIGHT)):
         target = float(np.clip(volume_mean * rng.normal(1.0, 0.06), 470 if group == "FRDA" else 650, 1250))
         centre = tuple(float(c) for c in np.asarray(nominal) + rng.normal(0, 1.8, 3))
         shape = DentateShape(

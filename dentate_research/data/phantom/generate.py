@@ -25,7 +25,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..io import DataError, save_nifti
+from ..labels import DN_SIDES, LEFT_DN, RIGHT_DN
 from ..manifest import Case, write_manifest
+from ..units import ppm_factor
 from . import hard as hard_cases
 from .anatomy import GROUPS, render_subject, sample_subject
 from .hard import HardCaseParams
@@ -168,8 +170,8 @@ def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, pre
     del field_fine
     chi_true = block_average(anatomy.chi, factors)
     brain = block_average(anatomy.brain, factors) > 0.5
-    pv_left = block_average(anatomy.dentate == 1, factors)
-    pv_right = block_average(anatomy.dentate == 2, factors)
+    pv_left = block_average(anatomy.dentate == LEFT_DN, factors)
+    pv_right = block_average(anatomy.dentate == RIGHT_DN, factors)
     cerebellum = block_average(anatomy.cerebellum, factors) > 0.5
     # Field noise: SD per voxel grows as the voxel shrinks (relative to 1 mm^3).
     noise_sd = profile.field_noise_ppm / np.sqrt(float(np.prod(voxel)))
@@ -183,8 +185,8 @@ def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, pre
     qsm = gaussian_smooth(qsm, profile.smooth_fwhm_mm, voxel)
     qsm = np.where(brain, profile.gain * qsm + profile.offset_ppm, 0.0).astype(np.float32)
     dn_true = np.zeros(shape, np.uint8)
-    dn_true[volume_preserving_mask(pv_left)] = 1
-    dn_true[volume_preserving_mask(pv_right) & (dn_true == 0)] = 2
+    dn_true[volume_preserving_mask(pv_left)] = LEFT_DN
+    dn_true[volume_preserving_mask(pv_right) & (dn_true == 0)] = RIGHT_DN
     styles = RATER_STYLES
     if params is not None:  # raters see only the covered slab and are less sure where the contrast is low
         pv_left, pv_right = pv_left * covered, pv_right * covered
@@ -206,8 +208,8 @@ def simulate_case(site_index: int, subject_index: int, profile: SiteProfile, pre
     out = {
         "qsm": qsm, "chi_true": chi_true, "brain": brain, "dn_true": dn_true, "raters": raters,
         "cerebellum": cerebellum, "affine": _affine(origin, voxel), "voxel": voxel, "subject": subject,
-        "dn_volume_left_mm3": float((dn_true == 1).sum() * voxel_volume),
-        "dn_volume_right_mm3": float((dn_true == 2).sum() * voxel_volume),
+        "dn_volume_left_mm3": float((dn_true == LEFT_DN).sum() * voxel_volume),
+        "dn_volume_right_mm3": float((dn_true == RIGHT_DN).sum() * voxel_volume),
         "dn_chi_true_ppm": dn_chi_true, "b0": b0, "factors": factors,
     }
     if params is not None:
@@ -264,18 +266,18 @@ def _finish_hard_case(out: dict[str, object], subject, draw, anatomy, fine_spaci
         out["affine"] = affine
     dn = out["dn_true"]
     voxel_volume = float(np.prod(voxel))
-    out["dn_volume_left_mm3"] = float((dn == 1).sum() * voxel_volume)
-    out["dn_volume_right_mm3"] = float((dn == 2).sum() * voxel_volume)
-    contrast = [hard_cases.ring_contrast(out["qsm"], dn, side, out["brain"]) for side in (1, 2)]
+    out["dn_volume_left_mm3"] = float((dn == LEFT_DN).sum() * voxel_volume)
+    out["dn_volume_right_mm3"] = float((dn == RIGHT_DN).sum() * voxel_volume)
+    contrast = [hard_cases.ring_contrast(out["qsm"], dn, side, out["brain"]) for side in DN_SIDES]
     contacts = [hard_cases.vein_contact(anatomy.dentate, anatomy.vein, np.asarray(fine_spacing), side)
-                for side in (1, 2)]
+                for side in DN_SIDES]
     contact = [c[0] for c in contacts]
     fine_origin = out["affine"][:3, 3] - 0.5 * np.asarray(voxel) + 0.5 * np.asarray(fine_spacing)
     if z_lo > 0:  # the fine grid started at the uncropped origin
         fine_origin[2] -= z_lo * voxel[2]
     out["hard_contact_points_mm"] = {side: None if c[1] is None else fine_origin + c[1] * np.asarray(fine_spacing)
-                                     for side, c in zip((1, 2), contacts, strict=True)}
-    coverage = [float((dn == side).sum() / max((dn_full == side).sum(), 1)) for side in (1, 2)]
+                                     for side, c in zip(DN_SIDES, contacts, strict=True)}
+    coverage = [float((dn == side).sum() / max((dn_full == side).sum(), 1)) for side in DN_SIDES]
     meta = {
         "hard_dn_contrast_ppm": float(np.nanmean(contrast)) if np.isfinite(contrast).any() else float("nan"),
         "hard_dn_contrast_left_ppm": contrast[0], "hard_dn_contrast_right_ppm": contrast[1],
@@ -309,7 +311,7 @@ def _write_case(out_dir: Path, site_index: int, subject_index: int, profile: Sit
     case_id = f"{profile.name}_sub{subject_index + 1:03d}"
     folder = out_dir / profile.name
     affine = sim["affine"]
-    scale = 1000.0 if profile.units == "ppb" else 1.0
+    scale = 1.0 / ppm_factor(profile.units, f"site {profile.name}")  # ppm -> the site's units (ppb: x 1000)
     image = save_oriented(sim["qsm"] * scale, affine, folder / f"{case_id}_qsm.nii.gz", profile.orientation)
     labels = {"true": save_oriented(sim["dn_true"], affine, folder / f"{case_id}_dn_true.nii.gz",
                                     profile.orientation, is_label=True)}
@@ -339,7 +341,7 @@ def _write_case(out_dir: Path, site_index: int, subject_index: int, profile: Sit
     case = Case(case_id, case_id, profile.name, image, labels, cerebellum, meta)
     voxel_mm3 = float(np.prod(voxel))
     tracings = {"true": sim["dn_true"], **sim["raters"]}
-    volumes = {r: {side: float((a == side).sum() * voxel_mm3) for side in (1, 2)}
+    volumes = {r: {side: float((a == side).sum() * voxel_mm3) for side in DN_SIDES}
                for r, a in tracings.items()}
     dn_mean = float(sim["qsm"][sim["dn_true"] > 0].mean())
     return CaseResult(case, time.perf_counter() - start, volumes, dn_mean)
@@ -359,7 +361,7 @@ def rater_volume_icc(results: list[CaseResult], rater_a: str, rater_b: str) -> d
 
     rows = [{"target": f"{r.case.case_id}_{side}", "rater": rater, "volume": r.volumes_mm3[rater][side]}
             for r in results if rater_a in r.volumes_mm3 and rater_b in r.volumes_mm3
-            for rater in (rater_a, rater_b) for side in (1, 2)]
+            for rater in (rater_a, rater_b) for side in DN_SIDES]
     if len(rows) < 6:
         return None
     with warnings.catch_warnings():  # pingouin 0.7 uses pandas APIs that pandas 3 deprecates
@@ -379,7 +381,7 @@ def dataset_statistics(results: list[CaseResult]) -> dict[str, object]:
         if not members:
             continue
         groups[group] = {
-            "dn_volume_true_mm3": _mean_sd([r.volumes_mm3["true"][s] for r in members for s in (1, 2)]),
+            "dn_volume_true_mm3": _mean_sd([r.volumes_mm3["true"][s] for r in members for s in DN_SIDES]),
             "dn_mean_image_ppm": _mean_sd([r.dn_mean_ppm for r in members]),
             "dn_chi_true_ppm": _mean_sd([float(r.case.meta["dn_chi_true_ppm"]) for r in members]),
         }

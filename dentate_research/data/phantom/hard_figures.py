@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import Volume  # noqa: E402
+from ..labels import DN_SIDES, SIDE_NAMES  # noqa: E402
 from .generate import GROUP_CYCLE, PRESETS, simulate_case  # noqa: E402
 from .hard import HardCaseParams, dn_chi_for_age  # noqa: E402
 from .sites import SITE_PROFILES  # noqa: E402
@@ -60,14 +61,15 @@ def panel(ax, sim: dict, view: str = "axial", side: int | None = None, zoom: flo
     vox = vox + np.asarray(shift_mm) / np.asarray(vol.spacing)
     mm = mm + np.asarray(shift_mm)
     vox = np.clip(vox, 0, np.asarray(vol.shape) - 1)
+    side_values = {SIDE_NAMES[value]: value for value in DN_SIDES}  # 'left' -> 1, 'right' -> 2
     contours = {}
     for name in labels:
         if name == "true":
             contours["true"] = sim["dn_true"]
         elif name == "cerebellum":
             contours["cerebellum"] = sim["cerebellum"].astype(np.uint8)
-        elif name in ("left", "right"):
-            contours[name] = (sim["dn_true"] == (1 if name == "left" else 2)).astype(np.uint8)
+        elif name in side_values:
+            contours[name] = (sim["dn_true"] == side_values[name]).astype(np.uint8)
         else:
             contours[name] = sim["raters"][name]
     _draw(ax, vol, sim["qsm"] if image is None else image, contours, view, vox, zoom, mm, window)

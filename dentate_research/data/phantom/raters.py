@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..labels import LEFT_DN, RIGHT_DN
+
 
 @dataclass(frozen=True)
 class RaterStyle:
@@ -143,6 +145,6 @@ def simulate_tracing(pv_left: np.ndarray, pv_right: np.ndarray, image_ppm: np.nd
     # Side of each traced voxel: the nearer true DN (left = 1, right = 2).
     dist_left = ndimage.distance_transform_edt(pv_left[box] < 0.5, sampling=spacing_arr)
     dist_right = ndimage.distance_transform_edt(pv_right[box] < 0.5, sampling=spacing_arr)
-    sides = np.where(dist_left <= dist_right, 1, 2).astype(np.uint8)
+    sides = np.where(dist_left <= dist_right, LEFT_DN, RIGHT_DN).astype(np.uint8)
     out[box] = np.where(traced, sides, 0).astype(np.uint8)
     return out
