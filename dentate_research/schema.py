@@ -326,11 +326,83 @@ class TrainConfig:
     dry_run: bool = False
 
 
+# --------------------------------------------------------------------------------------------- reproduce
+@dataclass
+class StudyDataSettings:
+    """The study's data: a phantom preset generated in the work folder, or users' own manifest."""
+
+    preset: str | None = "tiny"  # phantom preset (data.phantom.generate), null with a manifest
+    seed: int = 0
+    manifest: str | None = None  # users' own manifest (real data); overrides the preset
+    n_jobs: int = 1  # processes generating phantoms
+
+
+@dataclass
+class StudySplitSettings:
+    """Subject-level splits of the study (data.splits.make_splits)."""
+
+    n_folds: int = 5
+    test_fraction: float = 0.2  # fraction of each development site's subjects held out as internal test
+    external_sites: list[str] = field(default_factory=list)  # never used for training, planning or normalization
+    seed: int = 0
+
+
+@dataclass
+class FailureModeSettings:
+    """T7: hard-case phantoms of new subjects (a seed other than data.seed), scored against ``reference``."""
+
+    preset: str = "hard"
+    n_subjects_per_site: int = 3
+    seed: int = 1
+    data_dir: str | None = None  # null: <work folder>/failure_data_<preset>_seed<seed>_n<n>
+    reference: str = "true"  # 'true' = the phantom truth; on real data a rater
+
+
+@dataclass
+class ReproduceConfig:
+    """``python -m dentate_research reproduce``: which tables, on which data, with which training runs.
+
+    ``train_overrides`` are overrides of the train config shared by every run; ``localizer_overrides``,
+    ``arch_overrides[arch]`` and ``loso_overrides`` are added to the localizer's, one architecture's and T6's
+    segmentation runs. Tables go to ``out_root/name``, runs and data to ``work_root/name``.
+    """
+
+    name: str = MISSING
+    out_root: str = "experiments"
+    work_root: str = "${oc.env:DENTATE_ROOT,.}/work_data/reproduce"
+    device: str = "cpu"
+    seed: int = 0
+    reuse_runs: bool = True
+    # cohort (T1), reliability (T2), architectures (T3), two_step (T4), external (T5), loso (T6), failure_modes (T7)
+    studies: list[str] = field(default_factory=lambda: ["cohort", "reliability", "architectures", "two_step",
+                                                        "external", "loso", "failure_modes"])
+    data: StudyDataSettings = field(default_factory=StudyDataSettings)
+    splits: StudySplitSettings = field(default_factory=StudySplitSettings)
+    rater: str = "rater1"  # training label and evaluation reference
+    architectures: list[str] = field(default_factory=lambda: ["unet"])  # T3
+    pipeline_arch: str = "unet"  # the two-step model's segmenter in T4-T7
+    localizer_arch: str = "unet"
+    loso_sites: list[str] = field(default_factory=list)  # T6 (empty: every development site)
+    crops_from_localizer: bool = False  # segmenters train on the crops of their fold's own localizer
+    train_overrides: list[str] = field(default_factory=list)
+    localizer_overrides: list[str] = field(default_factory=list)
+    arch_overrides: dict[str, list[str]] = field(default_factory=dict)
+    loso_overrides: list[str] = field(default_factory=list)
+    failure_modes: FailureModeSettings = field(default_factory=FailureModeSettings)
+    # false: a training run a study needs that is not finished is an error instead of being trained
+    allow_training: bool = True
+
+
+REPRODUCE_SCHEMA_NAME = "reproduce_schema"
+
+
 def register_configs() -> None:
-    """Register :class:`TrainConfig` in Hydra's ConfigStore as ``train_schema`` (idempotent)."""
+    """Register :class:`TrainConfig` and :class:`ReproduceConfig` in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=TrainConfig)
+    store.store(name=REPRODUCE_SCHEMA_NAME, node=ReproduceConfig)
 
 
 def compose(config_name: str = "train", overrides: Sequence[str] = (), *, config_dir: Path | str | None = None,
@@ -354,8 +426,15 @@ def compose(config_name: str = "train", overrides: Sequence[str] = (), *, config
 def train_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
     """A complete, checked train config from a full or partial one (dict or OmegaConf): the schema's defaults
     fill what is absent, and a key the schema does not know raises an error naming it."""
-    schema = OmegaConf.structured(TrainConfig)
     given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    given = OmegaConf.masked_copy(given, [k for k in given if k != "hydra"]) if "hydra" in given else given
-    merged = OmegaConf.merge(schema, given)
-    return merged
+    if "hydra" in given:
+        given = OmegaConf.masked_copy(given, [k for k in given if k != "hydra"])
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), given)  # type: ignore[return-value]
+
+
+def reproduce_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
+    """A complete, checked reproduce config from a full or partial one (see :func:`train_config`)."""
+    given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    if "hydra" in given:
+        given = OmegaConf.masked_copy(given, [k for k in given if k != "hydra"])
+    return OmegaConf.merge(OmegaConf.structured(ReproduceConfig), given)  # type: ignore[return-value]

@@ -211,11 +211,12 @@ def test_reproduce_fans_training_runs_out_as_submitit_jobs(tmp_path, toy):
     from dentate_research.studies import StudySettings
     from dentate_research.studies.runner import StudyRunner
 
-    settings = StudySettings(
-        name="fanout", out_dir=tmp_path / "out", work_dir=tmp_path / "work", data_preset=None, manifest=toy,
-        n_folds=2, test_fraction=0.34, rater="true", studies=["two_step"], architectures=["unet"],
-        train_overrides=[*_toy_args(toy), *TINY_UNET, "trainer.epochs=1", "trainer.iterations_per_epoch=1"],
-        command="test")
+    settings = StudySettings.from_config(
+        {"name": "fanout", "data": {"preset": None, "manifest": str(toy)},
+         "splits": {"n_folds": 2, "test_fraction": 0.34}, "rater": "true", "studies": ["two_step"],
+         "architectures": ["unet"],
+         "train_overrides": [*_toy_args(toy), *TINY_UNET, "trainer.epochs=1", "trainer.iterations_per_epoch=1"]},
+        out_dir=tmp_path / "out", work_dir=tmp_path / "work", command="test")
     launcher = make_launcher(["hydra/launcher=submitit_local"], settings.work_dir, settings.name)
     assert launcher.cluster == "local" and launcher.folder.parent == (tmp_path / "work" / "jobs").resolve()
     written = StudyRunner(settings, compose_train_config).run(launcher)

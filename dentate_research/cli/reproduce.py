@@ -40,34 +40,10 @@ def compose_train_config(overrides: list[str]):
 
 
 def settings_from_config(cfg, command: str = ""):
+    """The :class:`~dentate_research.studies.StudySettings` of a composed reproduce config."""
     from dentate_research.studies import StudySettings
 
-    out_dir = Path(str(cfg.out_root)) / str(cfg.name)
-    return StudySettings(
-        name=str(cfg.name), out_dir=out_dir, work_dir=Path(str(cfg.work_root)) / str(cfg.name),
-        data_preset=cfg.data.preset, data_seed=int(cfg.data.seed),
-        manifest=Path(str(cfg.data.manifest)) if cfg.data.manifest else None, n_jobs=int(cfg.data.n_jobs),
-        n_folds=int(cfg.splits.n_folds), test_fraction=float(cfg.splits.test_fraction),
-        external_sites=list(cfg.splits.external_sites), split_seed=int(cfg.splits.seed), rater=str(cfg.rater),
-        studies=list(cfg.studies), architectures=list(cfg.architectures), pipeline_arch=str(cfg.pipeline_arch),
-        localizer_arch=str(cfg.localizer_arch), loso_sites=list(cfg.loso_sites or []),
-        train_overrides=list(cfg.train_overrides), localizer_overrides=list(cfg.localizer_overrides or []),
-        arch_overrides={str(k): list(v) for k, v in (cfg.get("arch_overrides") or {}).items()},
-        loso_overrides=list(cfg.get("loso_overrides") or []),
-        crops_from_localizer=bool(cfg.get("crops_from_localizer", False)),
-        **_failure_settings(cfg),
-        device=str(cfg.device), seed=int(cfg.seed), reuse_runs=bool(cfg.reuse_runs), command=command)
-
-
-def _failure_settings(cfg) -> dict:
-    """T7 (failure_modes) settings from the config's ``failure_modes`` group and ``allow_training``."""
-    fm = cfg.get("failure_modes") or {}
-    data_dir = fm.get("data_dir")
-    return {"failure_preset": str(fm.get("preset", "hard")),
-            "failure_n_subjects_per_site": int(fm.get("n_subjects_per_site", 3)),
-            "failure_seed": int(fm.get("seed", 1)), "failure_data_dir": Path(str(data_dir)) if data_dir else None,
-            "failure_reference": str(fm.get("reference", "true")),
-            "allow_training": bool(cfg.get("allow_training", True))}
+    return StudySettings.from_config(cfg, command=command)
 
 
 def make_launcher(launcher_args: list[str], work_dir: Path, name: str):

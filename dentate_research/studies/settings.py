@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .registry import STUDIES
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @dataclass
 class StudySettings:
-    """What to run. ``train_overrides`` are Hydra-style overrides of ``configs/train.yaml`` shared by every run.
+    """What to run (build it with :meth:`from_config`). ``train_overrides`` are Hydra-style overrides of the train
+    config shared by every run.
 
     Attributes:
         name: study preset name (``smoke``, ``cpu``, ``paper``); tables go to ``out_dir``.
@@ -37,35 +43,64 @@ class StudySettings:
     name: str
     out_dir: Path
     work_dir: Path
-    data_preset: str | None = "tiny"
-    data_seed: int = 0
-    manifest: Path | None = None
-    n_jobs: int = 1
-    n_folds: int = 5
-    test_fraction: float = 0.2
-    external_sites: list[str] = field(default_factory=list)
-    split_seed: int = 0
-    rater: str = "rater1"
-    studies: list[str] = field(default_factory=lambda: list(STUDIES))
-    architectures: list[str] = field(default_factory=lambda: ["unet"])
-    pipeline_arch: str = "unet"
-    localizer_arch: str = "unet"
-    loso_sites: list[str] = field(default_factory=list)
-    train_overrides: list[str] = field(default_factory=list)
-    localizer_overrides: list[str] = field(default_factory=list)
-    arch_overrides: dict[str, list[str]] = field(default_factory=dict)
-    loso_overrides: list[str] = field(default_factory=list)
-    crops_from_localizer: bool = False
-    failure_preset: str = "hard"
-    failure_n_subjects_per_site: int = 3
-    failure_seed: int = 1
-    failure_data_dir: Path | None = None
-    failure_reference: str = "true"
-    allow_training: bool = True
-    device: str = "cpu"
-    seed: int = 0
-    reuse_runs: bool = True
-    command: str = ""
+    data_preset: str | None
+    data_seed: int
+    manifest: Path | None
+    n_jobs: int
+    n_folds: int
+    test_fraction: float
+    external_sites: list[str]
+    split_seed: int
+    rater: str
+    studies: list[str]
+    architectures: list[str]
+    pipeline_arch: str
+    localizer_arch: str
+    loso_sites: list[str]
+    train_overrides: list[str]
+    localizer_overrides: list[str]
+    arch_overrides: dict[str, list[str]]
+    loso_overrides: list[str]
+    crops_from_localizer: bool
+    failure_preset: str
+    failure_n_subjects_per_site: int
+    failure_seed: int
+    failure_data_dir: Path | None
+    failure_reference: str
+    allow_training: bool
+    device: str
+    seed: int
+    reuse_runs: bool
+    command: str = ""  # the command line that made the tables (provenance)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | DictConfig, *, out_dir: Path | str | None = None,
+                    work_dir: Path | str | None = None, command: str = "") -> StudySettings:
+        """From a (partial) reproduce config: absent keys take the defaults of
+        :class:`dentate_research.schema.ReproduceConfig` (the one place they live); unknown keys are an error.
+        ``out_dir`` / ``work_dir`` default to ``out_root/name`` and ``work_root/name``."""
+        from omegaconf import OmegaConf
+
+        from ..schema import reproduce_config
+
+        c = OmegaConf.to_object(reproduce_config(cfg))
+        fm = c.failure_modes
+        return cls(
+            name=c.name, out_dir=Path(out_dir) if out_dir is not None else Path(c.out_root) / c.name,
+            work_dir=Path(work_dir) if work_dir is not None else Path(c.work_root) / c.name,
+            data_preset=c.data.preset, data_seed=c.data.seed,
+            manifest=Path(c.data.manifest) if c.data.manifest else None, n_jobs=c.data.n_jobs,
+            n_folds=c.splits.n_folds, test_fraction=c.splits.test_fraction,
+            external_sites=list(c.splits.external_sites), split_seed=c.splits.seed, rater=str(c.rater),
+            studies=list(c.studies), architectures=list(c.architectures), pipeline_arch=c.pipeline_arch,
+            localizer_arch=c.localizer_arch, loso_sites=list(c.loso_sites), train_overrides=list(c.train_overrides),
+            localizer_overrides=list(c.localizer_overrides),
+            arch_overrides={str(k): list(v) for k, v in c.arch_overrides.items()},
+            loso_overrides=list(c.loso_overrides), crops_from_localizer=c.crops_from_localizer,
+            failure_preset=fm.preset, failure_n_subjects_per_site=fm.n_subjects_per_site, failure_seed=fm.seed,
+            failure_data_dir=Path(fm.data_dir) if fm.data_dir else None, failure_reference=str(fm.reference),
+            allow_training=c.allow_training, device=c.device, seed=c.seed, reuse_runs=c.reuse_runs,
+            command=command)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.studies) - set(STUDIES))
