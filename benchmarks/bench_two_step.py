@@ -96,9 +96,9 @@ def worker(args: argparse.Namespace) -> int:
 
     from dentate_research.data.io import Volume
     from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
+    from dentate_research.data.overlap import dice
     from dentate_research.inference.pipeline import DentatePredictor, SegmentationError
     from dentate_research.inference.whole_volume import predict_whole_volume
-    from dentate_research.training.inferer import dice
 
     torch.set_num_threads(args.threads)
     predictor = DentatePredictor.from_model_dir(args.model, device="cpu")
@@ -129,8 +129,9 @@ def worker(args: argparse.Namespace) -> int:
             "voxels_million": round(float(np.prod(volume.shape)) / 1e6, 2), "seconds": round(seconds, 3),
             "cpu_seconds": round(cpu_seconds, 3),
             "steps_s": {k: round(v, 3) for k, v in steps.items()}, "peak_rss_above_start_mb": round(mem.peak_mb, 1),
-            "dice_left": round(dice(labels == LEFT_DN, truth == LEFT_DN), 4),
-            "dice_right": round(dice(labels == RIGHT_DN, truth == RIGHT_DN), 4), "status": status, "flags": flags,
+            "dice_left": round(dice(labels == LEFT_DN, truth == LEFT_DN, empty="one"), 4),
+            "dice_right": round(dice(labels == RIGHT_DN, truth == RIGHT_DN, empty="one"), 4), "status": status,
+            "flags": flags,
         })
         print(json.dumps(rows[-1]), file=sys.stderr)
     lifetime_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

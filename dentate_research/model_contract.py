@@ -17,9 +17,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .data.io import DataError, Volume
+from .data.labels import CEREBELLUM_TARGET, LATERAL, MERGED, LabelScheme, network_label_scheme
 
 MODEL_CARD_VERSION = 1
 STAGES = ("localization", "segmentation")
+# label schemes a card may name (``ModelCard.label_scheme``), by name
+CARD_LABEL_SCHEMES = {scheme.name: scheme for scheme in (LATERAL, MERGED, CEREBELLUM_TARGET)}
 
 
 @dataclass
@@ -37,6 +40,9 @@ class ModelCard:
         inferer: sliding-window settings (overlap, Gaussian blending, TTA policy).
         postprocess: ``{"largest_component_per_class": bool}``.
         localization_target: what the localizer predicts (``cerebellum``), None for segmentation.
+        label_scheme: what the classes mean (:mod:`dentate_research.data.labels`): ``lateral`` (1 left, 2 right DN),
+            ``merged`` (one DN class, sides from world x) or ``cerebellum`` (localizer); cards written before this
+            field get it from ``stage`` and ``classes`` (:func:`~dentate_research.data.labels.network_label_scheme`).
         crop: how segmentation crops are made: ``{"source": "cerebellum"|"dn", "margin_mm": ..,
             "jitter_mm": ..}``; for a localizer, the margin its bounding-box recall was measured with.
         label_rater: which manifest label trained the model (``true`` for phantoms).
@@ -57,6 +63,7 @@ class ModelCard:
     inferer: dict[str, Any]
     postprocess: dict[str, Any] = field(default_factory=lambda: {"largest_component_per_class": True})
     localization_target: str | None = None
+    label_scheme: str = ""  # "" -> derived from stage and classes in __post_init__
     crop: dict[str, Any] = field(default_factory=dict)
     label_rater: str = "true"
     in_channels: int = 1
@@ -68,6 +75,13 @@ class ModelCard:
     seed: int = 0
     created_utc: str = ""
     schema_version: int = MODEL_CARD_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.label_scheme:
+            self.label_scheme = network_label_scheme(self.stage, self.classes).name
+        if self.label_scheme not in CARD_LABEL_SCHEMES:
+            raise DataError(f"model card: label_scheme '{self.label_scheme}' unknown; allowed: "
+                            f"{list(CARD_LABEL_SCHEMES)}")
 
     @property
     def crop_margin_mm(self) -> float:
@@ -130,6 +144,18 @@ def card_value(card: Any, name: str, default: Any = None) -> Any:
     if isinstance(card, dict):
         return card.get(name, default)
     return getattr(card, name, default)
+
+
+def card_label_scheme(card: Any) -> LabelScheme:
+    """The label scheme of a ModelCard, a card-like object or a plain dict: its ``label_scheme`` field, else derived
+    from ``stage`` (default segmentation) and ``classes`` (default the lateral classes)."""
+    name = card_value(card, "label_scheme")
+    if name:
+        if name not in CARD_LABEL_SCHEMES:
+            raise DataError(f"model card: label_scheme '{name}' unknown; allowed: {list(CARD_LABEL_SCHEMES)}")
+        return CARD_LABEL_SCHEMES[name]
+    classes = card_value(card, "classes") or LATERAL.class_names
+    return network_label_scheme(str(card_value(card, "stage") or "segmentation"), classes)
 
 
 def card_to_dict(card: Any) -> dict[str, Any]:

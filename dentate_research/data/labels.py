@@ -114,3 +114,12 @@ def swap_left_right_channels(probs: ArrayT, axis: int = 1,
 def merge_dn_labels(labels: np.ndarray) -> np.ndarray:
     """Lateral DN labels (0/1/2) -> the ``merged`` scheme (0/1): every label > 0 becomes :data:`MERGED_DN`."""
     return ((np.asarray(labels) > 0) * MERGED_DN).astype(np.uint8)
+
+
+def network_label_scheme(stage: str, classes: Sequence[object]) -> LabelScheme:
+    """The label scheme a stage network's classes follow; the one place "two segmentation classes = merged" is
+    decided. ``localization`` -> :data:`CEREBELLUM_TARGET`; segmentation -> :data:`LATERAL` when ``classes`` hold
+    separate left and right DN (:func:`is_lateralized`), else :data:`MERGED` (one DN class)."""
+    if stage == "localization":
+        return CEREBELLUM_TARGET
+    return LATERAL if is_lateralized(classes) else MERGED

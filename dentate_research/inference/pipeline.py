@@ -55,8 +55,9 @@ from dentate_research.data.geometry import (
     uncrop,
 )
 from dentate_research.data.io import DataError, Volume, load_image, to_original_orientation
+from dentate_research.data.labels import MERGED
 from dentate_research.data.postprocess import PostprocessReport, postprocess_dn_labels, side_statistics
-from dentate_research.model_contract import StageModel, card_value
+from dentate_research.model_contract import StageModel, card_label_scheme, card_value
 from dentate_research.training.crops import Localization, crop_box_around, localize, min_crop_from_patch
 
 from .qc import QCThresholds, qc_status, quality_check
@@ -349,7 +350,7 @@ class DentatePredictor:
 
         t0 = time.perf_counter()
         midline = localization.midline_x_mm
-        merged = len(card_value(self.segmenter.card, "classes", None) or [0, 1, 2]) == 2  # one DN class
+        merged = card_label_scheme(self.segmenter.card) == MERGED  # one DN class
         cropped_labels, report = postprocess_dn_labels(raw_labels, cropped.affine, midline, merged=merged)
         if len(report.empty_sides) == 2:
             raise SegmentationError(

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dentate_research.data.io import Volume
+from dentate_research.data.labels import MERGED
 from dentate_research.data.laterality import midline_x
 from dentate_research.data.postprocess import PostprocessReport, postprocess_dn_labels
-from dentate_research.model_contract import StageModel, card_value
+from dentate_research.model_contract import StageModel, card_label_scheme
 
 
 @dataclass
@@ -39,7 +40,7 @@ def predict_whole_volume(segmenter: StageModel, volume: Volume) -> WholeVolumeRe
     t_segmentation = time.perf_counter() - t0
     t0 = time.perf_counter()
     midline = midline_x(volume.array != 0, volume.affine)  # no localizer: the head centre
-    merged = len(card_value(segmenter.card, "classes", None) or [0, 1, 2]) == 2
+    merged = card_label_scheme(segmenter.card) == MERGED
     labels, report = postprocess_dn_labels(raw, volume.affine, midline, merged=merged)
     return WholeVolumeResult(labels, report, [f"{side}_dn_empty" for side in report.empty_sides],
                              {"segmentation": t_segmentation, "postprocess": time.perf_counter() - t0})

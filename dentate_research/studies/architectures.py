@@ -36,20 +36,18 @@ def _budget_iterations(run_dir: Path) -> int:
 
 def _training_summary(seg_dir: Path, device: str, times: list[float]) -> dict[str, Any]:
     """The T3 columns of one segmentation run (:data:`EXTRA_COLUMNS`); ``times``: inference s per test case."""
-    from ..models import count_parameters
     from ..training.artifacts import load_stage_model
+    from ..training.backends import get_backend
 
     info = _read_json(seg_dir / "run_info.json")
     summary = info.get("training_summary") or {}
     model = load_stage_model(seg_dir, device=device)
-    network = getattr(model, "network", None)
-    if network is None and hasattr(model, "predictor"):
-        network = model.predictor.network
+    parameters = get_backend(model.card.framework).count_parameters(model)
     iterations = summary.get("iterations_run") or _budget_iterations(seg_dir)
     train_s = float(info.get("timings_s", {}).get("train", float("nan")))
     best = summary.get("best") or {}
     return {
-        "parameters_M": count_parameters(network) / 1e6 if network is not None else float("nan"),
+        "parameters_M": parameters / 1e6,
         "iterations": iterations, "stop_reason": summary.get("stop_reason", "budget"),
         "train_min": train_s / 60.0, "s_per_iteration": train_s / max(int(iterations or 1), 1),
         "best_val_dice": best.get("value", float("nan")), "best_at_iteration": best.get("iteration"),

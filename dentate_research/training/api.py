@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from ..data.io import DataError
+from ..data.labels import MERGED, network_label_scheme
 from ..data.manifest import Case, read_manifest
 from ..models import available_architectures, get_arch, validate_patch_size
 from ..schema import CONFIG_DIR, train_config
-from .artifacts import ModelCard, load_stage_model, plot_training_curve, write_run_info
-from .augmentation import AugmentationSettings
+from .artifacts import ModelCard, NetworkStageModel, load_stage_model, plot_training_curve, write_run_info
+from .backends import TrainingBackend, TrainingJob, get_backend
 from .crops import min_crop_from_patch
 from .distributed import DistContext, setup_distributed
 from .finetune import apply_init_from
 from .inferer import InfererSettings
 from .loggers import RunLogger
-from .monai_loop import LoopSettings, train_monai
-from .preprocessing import STAGES, median_spacing, prepare_samples, stage_classes
+from .monai_loop import LoopSettings
+from .preprocessing import STAGES, StageSample, median_spacing, prepare_samples, stage_classes
 from .rundir import check_run_dir, claim_run_dir
 from .validation import stage_metrics
 
@@ -161,62 +163,135 @@ def train_stage(cfg: Mapping[str, Any] | DictConfig, *, unique_run_dir: bool | N
     Several processes (``trainer.devices=N``, started by torchrun or a launcher with N tasks; :mod:`.distributed`):
     every rank calls ``train_stage`` with the same config; rank 0 checks and claims the run folder and tells the
     others, rank 0 alone writes into it, and every rank returns the run folder once rank 0 has finished it.
+
+    Steps: :func:`check_config` -> (process group) -> :func:`seed_everything` -> :func:`request_run_folder` ->
+    :func:`prepare_data` -> :func:`claim_run_folder` -> :func:`build_card` -> the framework's
+    :class:`~.backends.TrainingBackend` ``.train`` -> :func:`final_validation` -> :func:`finish_run_folder`.
     """
     t_start = time.perf_counter()
+    cfg = check_config(cfg)
+    backend = get_backend(get_arch(str(cfg.arch.name)).framework)
+    backend.check_config(cfg)
+    tr = cfg.trainer
+    dist, device = setup_distributed(int(tr.devices), str(tr.device), str(tr.dist_backend),
+                                     float(tr.dist_timeout_min))
+    try:
+        return _train_stage(cfg, backend, unique_run_dir, dist, device, t_start)
+    finally:
+        dist.close()
+
+
+def check_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
+    """The complete, checked config of a run (:func:`_as_config`), with a fine-tuning model's network settings
+    adopted (``init_from``, :func:`.finetune.apply_init_from`) and the patch size checked against the architecture -
+    all before any data is read. DataError / ValueError naming the key otherwise."""
     cfg = _as_config(cfg)
     stage = str(cfg.stage.name)
     if stage not in STAGES:
         raise ValueError(f"stage.name '{stage}' unknown; allowed: {list(STAGES)}")
     cfg = apply_init_from(cfg)  # fine-tuning: the model's card sets the network settings
     arch = str(cfg.arch.name)
-    spec = get_arch(arch)
     arch_kwargs = OmegaConf.to_container(cfg.arch.kwargs, resolve=True)
     patch_size = [int(p) for p in cfg.stage.patch_size]
     try:
         validate_patch_size(arch, patch_size, arch_kwargs)  # early, before any data is read
     except ValueError as exc:
         raise DataError(f"stage.patch_size={patch_size}: {exc}") from exc
-    tr = cfg.trainer
-    devices = int(tr.devices)
-    if spec.framework == "nnunet" and devices > 1 and not _cuda_requested(str(tr.device)):
-        raise DataError(f"trainer.devices={devices} with arch=nnunet: nnU-Net's own multi-GPU training (DDP) is "
-                        "CUDA-only (nnU-Net asserts it); use trainer.device=cuda on GPUs, or trainer.devices=1 on a "
-                        "CPU")
-    dist, device = setup_distributed(devices, str(tr.device), str(tr.dist_backend), float(tr.dist_timeout_min))
+    return cfg
+
+
+def _train_stage(cfg: DictConfig, backend: TrainingBackend, unique_run_dir: bool | None, dist: DistContext,
+                 device: torch.device, t_start: float) -> Path:
+    """The steps of :func:`train_stage` once the config is checked and the process group (if any) joined."""
+    seed_everything(cfg)
+    request = request_run_folder(cfg, unique_run_dir, dist)
+    data = prepare_data(cfg, device, dist)
+    run_dir = claim_run_folder(cfg, request, dist)
+    card, inferer = build_card(cfg, data, backend.framework)
+    job = build_job(cfg, data, card, inferer, run_dir, device, dist)
+    logger = open_logger(cfg, run_dir, data.split_name) if dist.is_main else None
     try:
-        return _train_stage(cfg, unique_run_dir, dist, device, t_start)
+        t0 = time.perf_counter()
+        loop_result = backend.train(job, card, logger)
+        t_train = time.perf_counter() - t0
+        if logger is None:  # not rank 0: rank 0 validates and writes the card, curve and run_info
+            dist.barrier()  # ... and every rank returns once the run folder is complete
+            return run_dir
+        t0 = time.perf_counter()
+        final_validation(job, card, logger, loop_result)
+        t_eval = time.perf_counter() - t0
+        summary = training_summary(logger.rows, loop_result)
+        logger.summary(summary)
     finally:
-        dist.close()
+        if logger is not None:
+            logger.finish()
+    finish_run_folder(job, data, logger, loop_result, summary,
+                      {"prepare": data.seconds, "train": t_train, "final_validation": t_eval}, t_start)
+    dist.barrier()
+    return run_dir
 
 
-def _cuda_requested(device_name: str) -> bool:
-    return device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
-
-
-def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext, device: torch.device,
-                 t_start: float) -> Path:
-    """The body of :func:`train_stage` once the config is checked and the process group (if any) joined."""
-    stage, arch = str(cfg.stage.name), str(cfg.arch.name)
-    spec = get_arch(arch)
-    arch_kwargs = OmegaConf.to_container(cfg.arch.kwargs, resolve=True)
-    patch_size = [int(p) for p in cfg.stage.patch_size]
+def seed_everything(cfg: DictConfig) -> None:
+    """Torch threads (``trainer.num_threads``, if set) and MONAI's determinism (python, numpy, torch) from
+    ``seed``."""
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
-    seed = int(cfg.seed)
     from monai.utils import set_determinism
 
-    set_determinism(seed=seed)
+    set_determinism(seed=int(cfg.seed))
 
-    explicit_run_dir = bool(cfg.paths.run_dir)
-    run_dir = Path(str(cfg.paths.run_dir)) if explicit_run_dir else default_run_dir(cfg)
-    run_dir = run_dir.expanduser().resolve()
+
+@dataclass
+class RunFolderRequest:
+    """Where a run wants to write, before the folder is claimed (:func:`request_run_folder`)."""
+
+    path: Path  # absolute: ``paths.run_dir`` or :func:`default_run_dir`
+    explicit: bool  # ``paths.run_dir`` was given
+    resume: bool  # ``trainer.resume``
+    unique: bool  # a folder claimed by another run gives way to ``<folder>_2``, ...
+
+
+def request_run_folder(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext) -> RunFolderRequest:
+    """The run folder this run asks for; rank 0 refuses it now, before any data is read, when it would overwrite
+    another run or resume without a checkpoint (:func:`.rundir.check_run_dir`; only for resumed or non-unique
+    folders, a unique folder moves on when claimed)."""
+    explicit = bool(cfg.paths.run_dir)
+    path = Path(str(cfg.paths.run_dir)) if explicit else default_run_dir(cfg)
     resume = bool(cfg.trainer.resume)
-    unique = (not explicit_run_dir) if unique_run_dir is None else unique_run_dir
+    unique = (not explicit) if unique_run_dir is None else unique_run_dir
+    request = RunFolderRequest(path.expanduser().resolve(), explicit, resume, unique)
     if (resume or not unique) and dist.is_main:  # before any data is read: no other run's folder is overwritten
-        check_run_dir(run_dir, resume=resume)
+        check_run_dir(request.path, resume=resume)
+    return request
 
-    # data, split and stage samples (identical for every architecture)
+
+@dataclass
+class PreparedData:
+    """Split, stage grid and stage samples of a run (identical for every architecture; :func:`prepare_data`)."""
+
+    seed: int
+    split_name: str
+    train_ids: list[str]
+    val_ids: list[str]
+    spacing_mm: list[float]  # the stage grid (mm)
+    normalization: dict[str, Any]
+    crop: dict[str, Any]  # ``stage.crop``, with the localizer run resolved and its margin (mm) filled in
+    label_rater: str
+    label_scheme: str  # ``stage.label_scheme`` (segmentation: lateral | merged)
+    classes: list[str]  # class names by label value
+    train_samples: list[StageSample]
+    val_samples: list[StageSample]
+    seconds: float  # wall time of the preparation (s)
+
+
+def prepare_data(cfg: DictConfig, device: torch.device, dist: DistContext) -> PreparedData:
+    """Cases, split and stage samples (stage grid, crops, labels of ``stage.label_rater``).
+
+    Rank 0 goes first (it may generate a missing phantom data set or split file). Segmentation crops from a
+    localizer (``stage.crop.source=localizer``) are cut by that trained localization run exactly as inference cuts
+    them; it is loaded on ``device`` for the preparation only."""
     t0 = time.perf_counter()
+    stage, seed = str(cfg.stage.name), int(cfg.seed)
     with dist.main_first():  # rank 0 first: it may generate a missing phantom data set or split file
         cases, generated = load_cases_generated(cfg.data)
         train_ids, val_ids, split_name = resolve_split(cfg.split, cases, seed, data_generated=generated,
@@ -230,142 +305,136 @@ def _train_stage(cfg: DictConfig, unique_run_dir: bool | None, dist: DistContext
     rater = "true" if rater is True else str(rater)  # YAML/Hydra read an unquoted `true` as a boolean
     label_scheme = str(cfg.stage.label_scheme)
     classes = stage_classes(stage, label_scheme)
-    localizer = None
-    if stage == "segmentation" and crop_cfg.get("source") == "localizer":
-        loc_run = crop_cfg.get("localizer_run")
-        if not loc_run:
-            raise DataError("stage.crop.source=localizer needs stage.crop.localizer_run=RUN_DIR (a trained "
-                            "localization run): crops are then cut exactly as inference cuts them")
-        localizer = load_stage_model(Path(str(loc_run)).expanduser(), device=device)
-        if localizer.card.stage != "localization":
-            raise DataError(f"stage.crop.localizer_run={loc_run}: a '{localizer.card.stage}' run, expected a "
-                            "localization run")
-        crop_cfg["localizer_run"] = str(Path(str(loc_run)).expanduser().resolve())
-        crop_cfg.setdefault("margin_mm", localizer.card.crop_margin_mm)
+    localizer = _crop_localizer(crop_cfg, device) if stage == "segmentation" else None
+    patch_size = [int(p) for p in cfg.stage.patch_size]
     min_crop = min_crop_from_patch(patch_size, spacing) if stage == "segmentation" else None
     common = {"spacing_mm": spacing, "normalization": normalization, "crop_cfg": crop_cfg, "label_rater": rater,
               "localizer": localizer, "min_crop_mm": min_crop}
     train_samples = prepare_samples(train_cases, stage, training=True, seed=seed, desc="train cases", **common)
     val_samples = prepare_samples(val_cases, stage, training=False, seed=seed, desc="val cases", **common)
     del localizer
-    t_prepare = time.perf_counter() - t0
+    return PreparedData(seed=seed, split_name=split_name, train_ids=train_ids, val_ids=val_ids, spacing_mm=spacing,
+                        normalization=dict(normalization), crop=crop_cfg, label_rater=rater, label_scheme=label_scheme,
+                        classes=list(classes), train_samples=train_samples, val_samples=val_samples,
+                        seconds=time.perf_counter() - t0)
 
-    # config and data are fine: only now create (and claim) the run folder
-    # (rank 0 claims it; the other ranks learn which folder it is and never write into it)
-    claimed = dist.broadcast_object(claim_run_dir(run_dir, resume=resume, unique=unique) if dist.is_main else None)
-    if claimed != run_dir or not explicit_run_dir:
+
+def _crop_localizer(crop_cfg: dict[str, Any], device: torch.device) -> NetworkStageModel | None:
+    """The localization run that cuts segmentation crops (``stage.crop.source=localizer``), or None. Completes
+    ``crop_cfg`` in place: the run's absolute path and, if absent, the run's margin (mm)."""
+    if crop_cfg.get("source") != "localizer":
+        return None
+    loc_run = crop_cfg.get("localizer_run")
+    if not loc_run:
+        raise DataError("stage.crop.source=localizer needs stage.crop.localizer_run=RUN_DIR (a trained "
+                        "localization run): crops are then cut exactly as inference cuts them")
+    localizer = load_stage_model(Path(str(loc_run)).expanduser(), device=device)
+    if localizer.card.stage != "localization":
+        raise DataError(f"stage.crop.localizer_run={loc_run}: a '{localizer.card.stage}' run, expected a "
+                        "localization run")
+    crop_cfg["localizer_run"] = str(Path(str(loc_run)).expanduser().resolve())
+    crop_cfg.setdefault("margin_mm", localizer.card.crop_margin_mm)
+    return localizer
+
+
+def claim_run_folder(cfg: DictConfig, request: RunFolderRequest, dist: DistContext) -> Path:
+    """Config and data are fine: only now create and claim the run folder (:func:`.rundir.claim_run_dir`).
+
+    Rank 0 claims it and writes the resolved ``config.yaml`` (with ``paths.run_dir`` = the claimed folder); the
+    other ranks learn which folder it is and never write into it. Updates ``cfg.paths.run_dir`` in place."""
+    claimed = dist.broadcast_object(claim_run_dir(request.path, resume=request.resume, unique=request.unique)
+                                    if dist.is_main else None)
+    if claimed != request.path or not request.explicit:
         with open_dict(cfg):
             cfg.paths.run_dir = str(claimed)
-        if claimed != run_dir and dist.is_main:
-            print(f"[train] {run_dir} is used by another run; this run writes to {claimed}")
-    run_dir = claimed
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+        if claimed != request.path and dist.is_main:
+            print(f"[train] {request.path} is used by another run; this run writes to {claimed}")
     if dist.is_main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        (claimed / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    return claimed
 
+
+def build_card(cfg: DictConfig, data: PreparedData, framework: str) -> tuple[ModelCard, InfererSettings]:
+    """The run's :class:`ModelCard` (before training; the backend adds what only training knows) and its
+    sliding-window settings.
+
+    One merged DN class holds both nuclei (two components): its largest-component step runs per side after the
+    world-x side assignment (:func:`dentate_research.data.postprocess.postprocess_dn_labels`), never on the merged
+    class, so the card's ``largest_component_per_class`` is off for the merged scheme."""
+    stage, arch = str(cfg.stage.name), str(cfg.arch.name)
+    patch_size = [int(p) for p in cfg.stage.patch_size]
+    scheme = network_label_scheme(stage, data.classes)
     inferer = InfererSettings.from_dict(OmegaConf.to_container(cfg.inferer, resolve=True), patch_size)
-    # one merged DN class holds both nuclei (two components): the largest-component step runs per side after the
-    # world-x side assignment (data.postprocess.postprocess_dn_labels), never on the merged class
-    merged_dn = stage == "segmentation" and len(classes) == 2
-    postprocess = bool(cfg.inferer.largest_component_per_class) and not merged_dn
-    margin_mm = float(crop_cfg["margin_mm"])
+    postprocess = bool(cfg.inferer.largest_component_per_class) and scheme != MERGED
     card = ModelCard(
-        stage=stage, arch=arch, framework=spec.framework, arch_kwargs=dict(arch_kwargs), classes=list(classes),
-        target_spacing_mm=spacing, patch_size=patch_size, normalization=dict(normalization),
-        inferer=inferer.to_dict(), postprocess={"largest_component_per_class": postprocess},
-        localization_target="cerebellum" if stage == "localization" else None, crop=dict(crop_cfg),
-        label_rater=rater, train_cases=train_ids, val_cases=val_ids, seed=seed,
+        stage=stage, arch=arch, framework=framework, arch_kwargs=dict(OmegaConf.to_container(cfg.arch.kwargs,
+                                                                                             resolve=True)),
+        classes=list(data.classes), label_scheme=scheme.name, target_spacing_mm=data.spacing_mm,
+        patch_size=patch_size, normalization=dict(data.normalization), inferer=inferer.to_dict(),
+        postprocess={"largest_component_per_class": postprocess},
+        localization_target="cerebellum" if stage == "localization" else None, crop=dict(data.crop),
+        label_rater=data.label_rater, train_cases=data.train_ids, val_cases=data.val_ids, seed=data.seed,
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return card, inferer
 
+
+def build_job(cfg: DictConfig, data: PreparedData, card: ModelCard, inferer: InfererSettings, run_dir: Path,
+              device: torch.device, dist: DistContext) -> TrainingJob:
+    """What the backend trains: the prepared samples, the card's network settings, the training budget
+    (:meth:`LoopSettings.from_trainer`) and the trainer / augmentation groups."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return TrainingJob(
+        run_dir=run_dir, stage=card.stage, arch=card.arch, arch_kwargs=dict(card.arch_kwargs), classes=data.classes,
+        train_samples=data.train_samples, val_samples=data.val_samples, patch_size=list(card.patch_size),
+        loop=LoopSettings.from_trainer(trainer), trainer=trainer,
+        augmentation=OmegaConf.to_container(cfg.augmentation, resolve=True), inferer=inferer,
+        postprocess=bool(card.postprocess["largest_component_per_class"]), margin_mm=float(data.crop["margin_mm"]),
+        device=device, seed=data.seed, dist=dist)
+
+
+def open_logger(cfg: DictConfig, run_dir: Path, split_name: str) -> RunLogger:
+    """Rank 0's metrics logger (metrics.csv/.jsonl in ``run_dir``, optionally Weights & Biases)."""
+    stage, arch = str(cfg.stage.name), str(cfg.arch.name)
     wandb_cfg = cfg.logger.wandb
-    logger = RunLogger(run_dir, resolved, wandb_enabled=bool(wandb_cfg.enabled), wandb_mode=str(wandb_cfg.mode),
-                       project=str(wandb_cfg.project),
-                       run_name=f"{stage}_{arch}_{split_name}",
-                       tags=[stage, arch, split_name]) if dist.is_main else None
-    t0 = time.perf_counter()
-    tr = cfg.trainer
-    loop = LoopSettings.from_trainer(OmegaConf.to_container(tr, resolve=True))
-    loop_result: dict[str, Any] = {}
-    try:
-        if spec.framework == "monai":
-            loop_result = train_monai(
-                        run_dir=run_dir, stage=stage, arch=arch, arch_kwargs=dict(arch_kwargs), classes=classes,
-                        train_samples=train_samples, val_samples=val_samples, patch_size=patch_size, loop=loop,
-                        augmentation=AugmentationSettings.from_dict(OmegaConf.to_container(cfg.augmentation,
-                                                                                          resolve=True)),
-                        inferer=inferer, postprocess=postprocess, margin_mm=margin_mm, device=device, logger=logger,
-                        seed=seed, dist=dist)
-        else:
-            from .nnunet_runner import train_nnunet
+    return RunLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), wandb_enabled=bool(wandb_cfg.enabled),
+                     wandb_mode=str(wandb_cfg.mode), project=str(wandb_cfg.project),
+                     run_name=f"{stage}_{arch}_{split_name}", tags=[stage, arch, split_name])
 
-            aug = cfg.augmentation
-            mirroring = bool(aug.enabled) and bool(aug.nnunet_mirroring)
-            lateral = stage == "segmentation" and len(classes) >= 3
-            lr_swap = (float(aug.lr_flip_prob) if aug.enabled and aug.lr_flip == "swap_labels" and lateral
-                       else 0.0)
-            if stage == "segmentation" and not lateral:  # merged scheme: nnU-Net learns one DN class
-                train_samples = [merged_sample(s) for s in train_samples]
-                val_nn = [merged_sample(s) for s in val_samples]
-            else:
-                val_nn = val_samples
-            nn = train_nnunet(run_dir, train_samples, val_nn, classes, patch_size=patch_size,
-                              batch_size=loop.batch_size, epochs=loop.epochs,
-                              iterations_per_epoch=loop.iterations_per_epoch,
-                              val_iterations=int(tr.val_iterations), arch_kwargs=dict(arch_kwargs),
-                              device=device, seed=seed, initial_lr=loop.lr,
-                              allow_mirroring=mirroring, lr_swap_probability=lr_swap,
-                              mirror_lr_axis=not lateral and stage == "segmentation", resume=loop.resume,
-                              dist=dist)
-            loop_result = {"distributed": {**dist.describe(), "nnunet_ddp": dist.distributed,
-                                           "global_batch": loop.batch_size}}
-            history = nn.pop("history")
-            for e, loss in enumerate(history["train_losses"] if logger is not None else []):  # rank 0 logs
-                row: dict[str, Any] = {"epoch": e + 1, "iteration": (e + 1) * loop.iterations_per_epoch,
-                                       "train_loss": loss}
-                for key, name in (("val_losses", "nnunet_val_loss"), ("mean_fg_dice", "nnunet_pseudo_dice"),
-                                  ("lrs", "lr"), ("wall_time_s", "wall_time_s")):
-                    if e < len(history.get(key, [])):
-                        row[name] = history[key][e]
-                logger.log(row)
-            card.nnunet = nn
-            card.checkpoint = nn["checkpoints"]["best"]
-            card.arch_kwargs = {**dict(arch_kwargs), "patch_size_nnunet": nn["patch_size_nnunet"],
-                                "spacing_nnunet": nn["spacing_nnunet"]}
-        t_train = time.perf_counter() - t0
-        if logger is None:  # not rank 0: rank 0 validates and writes the card, curve and run_info
-            dist.barrier()  # ... and every rank returns once the run folder is complete
-            return run_dir
-        card.to_json(run_dir / "model.json")
 
-        # final validation through the inference path (StageModel), identical for every architecture
-        t0 = time.perf_counter()
-        final: dict[str, Any] = {}
-        if val_samples:
-            model = load_stage_model(run_dir, device=device)
-            final = stage_metrics(stage, lambda s: model.predict(s.raw_volume()), val_samples, margin_mm)
-            logger.log({"epoch": loop_result.get("epochs_run", loop.epochs),
-                        "iteration": loop_result.get("iterations_run", loop.epochs * loop.iterations_per_epoch),
-                        "phase": "final",
-                        **{k: v for k, v in final.items() if k != "per_case"}})
-            logger.summary({f"final_{k}": v for k, v in final.items() if k != "per_case"})
-        card.metrics = final
-        card.to_json(run_dir / "model.json")
-        t_eval = time.perf_counter() - t0
-        summary = training_summary(logger.rows, loop_result)
-        logger.summary(summary)
-    finally:
-        if logger is not None:
-            logger.finish()
-    plot_training_curve([r for r in logger.rows if r.get("phase") != "final"], run_dir / "training_curve.png",
-                        f"{stage} / {arch} / {split_name}")
-    write_run_info(run_dir, seed=seed, device=str(device),
-                   timings={"prepare": t_prepare, "train": t_train, "final_validation": t_eval,
-                            "total": time.perf_counter() - t_start},
-                   extra={"split": split_name, "n_train": len(train_ids), "n_val": len(val_ids), "stage": stage,
-                          "arch": arch, "label_scheme": label_scheme if stage == "segmentation" else None,
+def final_validation(job: TrainingJob, card: ModelCard, logger: RunLogger, loop_result: Mapping[str, Any]) -> None:
+    """Write ``model.json``, then validate the trained stage through the inference path (:func:`load_stage_model`,
+    identical for every architecture) and store the metrics in the card (``model.json`` again), the metrics log
+    (a ``phase=final`` row) and the logger summary (``final_*``). No validation cases: empty metrics."""
+    card.to_json(job.run_dir / "model.json")
+    final: dict[str, Any] = {}
+    if job.val_samples:
+        loop = job.loop
+        model = load_stage_model(job.run_dir, device=job.device)
+        final = stage_metrics(job.stage, lambda s: model.predict(s.raw_volume()), job.val_samples, job.margin_mm)
+        logger.log({"epoch": loop_result.get("epochs_run", loop.epochs),
+                    "iteration": loop_result.get("iterations_run", loop.epochs * loop.iterations_per_epoch),
+                    "phase": "final",
+                    **{k: v for k, v in final.items() if k != "per_case"}})
+        logger.summary({f"final_{k}": v for k, v in final.items() if k != "per_case"})
+    card.metrics = final
+    card.to_json(job.run_dir / "model.json")
+
+
+def finish_run_folder(job: TrainingJob, data: PreparedData, logger: RunLogger, loop_result: Mapping[str, Any],
+                      summary: dict[str, Any], timings: dict[str, float], t_start: float) -> None:
+    """Rank 0's last files: ``training_curve.png`` and ``run_info.json`` (``timings`` in s plus ``total`` since
+    ``t_start`` (``time.perf_counter``), split, case counts, label scheme, :func:`training_summary`, distributed
+    facts)."""
+    stage = job.stage
+    plot_training_curve([r for r in logger.rows if r.get("phase") != "final"], job.run_dir / "training_curve.png",
+                        f"{stage} / {job.arch} / {data.split_name}")
+    write_run_info(job.run_dir, seed=job.seed, device=str(job.device),
+                   timings={**timings, "total": time.perf_counter() - t_start},
+                   extra={"split": data.split_name, "n_train": len(data.train_ids), "n_val": len(data.val_ids),
+                          "stage": stage, "arch": job.arch,
+                          "label_scheme": data.label_scheme if stage == "segmentation" else None,
                           "training_summary": summary, "distributed": loop_result.get("distributed")})
-    dist.barrier()
-    return run_dir
 
 
 DICE_MILESTONES = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9)
@@ -391,9 +460,3 @@ def training_summary(rows: list[dict[str, Any]], loop_result: Mapping[str, Any])
             "stop_reason": loop_result.get("stop_reason", "budget"),
             "iterations_run": loop_result.get("iterations_run"), "epochs_run": loop_result.get("epochs_run")}
 
-
-def merged_sample(sample: Any) -> Any:
-    """A copy of a segmentation sample whose DN labels 1/2 are merged into one class (label 1)."""
-    from dataclasses import replace
-
-    return replace(sample, label=(sample.label > 0).astype(np.uint8))

@@ -1,8 +1,9 @@
-"""Trained stage models: the run directory, :class:`NetworkStageModel` (MONAI / nnU-Net), :func:`load_stage_model`.
+"""Trained stage models: the run directory, :class:`NetworkStageModel`, :func:`load_stage_model`.
 
 The contract itself (:class:`~dentate_research.model_contract.ModelCard`, the
 :class:`~dentate_research.model_contract.StageModel` protocol) lives in :mod:`dentate_research.model_contract`;
-both names are re-exported here.
+both names are re-exported here. The framework-specific subclasses (``MonaiStageModel``, ``NnUNetStageModel``) live
+with their training backends (:mod:`dentate_research.training.backends`), which :func:`load_stage_model` dispatches to.
 
 A run directory written by :func:`dentate_research.training.train_stage` holds::
 
@@ -32,14 +33,20 @@ import torch
 
 from ..data.geometry import resample_to_reference, resample_to_spacing
 from ..data.io import DataError, Volume
-from ..model_contract import MODEL_CARD_VERSION, STAGES, ModelCard, StageModel, card_value, json_default
+from ..model_contract import (
+    MODEL_CARD_VERSION,
+    STAGES,
+    ModelCard,
+    StageModel,
+    card_label_scheme,
+    card_value,
+    json_default,
+)
 from ..provenance import TRAINING_PACKAGES, package_versions
-from .inferer import InfererSettings, postprocess_labels, predict_probabilities, tta_flip_sets
-from .preprocessing import normalize_intensity
+from .inferer import InfererSettings, postprocess_labels
 
-__all__ = ["MODEL_CARD_VERSION", "ModelCard", "MonaiStageModel", "NetworkStageModel", "NnUNetStageModel", "StageModel",
-           "git_sha", "load_stage", "load_stage_model", "plot_training_curve", "resolve_device", "versions",
-           "write_run_info"]
+__all__ = ["MODEL_CARD_VERSION", "ModelCard", "NetworkStageModel", "StageModel", "git_sha", "load_stage",
+           "load_stage_model", "plot_training_curve", "resolve_device", "versions", "write_run_info"]
 
 
 class NetworkStageModel:
@@ -48,7 +55,8 @@ class NetworkStageModel:
 
     ``predict_with_confidence(volume, merge_foreground=False) -> (labels, max-class probability)`` on the same grid
     (used by inference QC);
-    ``predict_probabilities(volume) -> (probs (C, X, Y, Z), grid)`` on the network grid (subclasses implement it).
+    ``predict_probabilities(volume) -> (probs (C, X, Y, Z), grid)`` on the network grid (subclasses implement it:
+    one per training backend, :mod:`dentate_research.training.backends`).
     """
 
     def __init__(self, card: ModelCard, run_dir: Path, device: torch.device):
@@ -59,7 +67,9 @@ class NetworkStageModel:
 
     @property
     def lateralized(self) -> bool:
-        return len(self.card.classes) >= 3
+        """Channels 1/2 are left/right DN (the card's label scheme, :func:`~dentate_research.model_contract.
+        card_label_scheme`)."""
+        return card_label_scheme(self.card).lateralized
 
     def _to_network_grid(self, volume: Volume) -> Volume:
         spacing = tuple(self.card.target_spacing_mm)
@@ -105,83 +115,25 @@ class NetworkStageModel:
         return labels, confidence
 
 
-class MonaiStageModel(NetworkStageModel):
-    """Stage model backed by a MONAI network and our sliding-window inferer."""
-
-    def __init__(self, card: ModelCard, run_dir: Path, device: torch.device, checkpoint: str | None = None):
-        super().__init__(card, run_dir, device)
-        from ..models import build_network
-
-        self.network = build_network(card.arch, card.in_channels, len(card.classes), card.patch_size,
-                                     card.arch_kwargs)
-        ckpt_path = self.run_dir / (checkpoint or card.checkpoint)
-        if not ckpt_path.exists():
-            raise DataError(f"{ckpt_path}: checkpoint not found in run directory {self.run_dir}")
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        self.network.load_state_dict(state.get("model", state))
-        self.network.to(device).eval()
-
-    def predict_probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
-        grid = self._to_network_grid(volume)
-        image = normalize_intensity(grid.array, **self.card.normalization)
-        probs = predict_probabilities(self.network, image, self.settings, self.device, lr_axis=0,
-                                      lateralized=self.lateralized)
-        return probs, grid
-
-
-class NnUNetStageModel(NetworkStageModel):
-    """Stage model backed by nnU-Net's own predictor (nnUNetPredictor.manual_initialization).
-
-    nnU-Net reads NIfTI with SimpleITK, so its arrays are (z, y, x) = our canonical RAS arrays transposed; the
-    left-right axis is nnU-Net's LAST axis. Mirroring TTA is restricted to the non-LR axes
-    (``inference_allowed_mirroring_axes`` saved by the trainer); nnU-Net does its own resampling and z-score.
-    """
-
-    def __init__(self, card: ModelCard, run_dir: Path, device: torch.device, checkpoint: str | None = None):
-        super().__init__(card, run_dir, device)
-        from .nnunet_runner import build_nnunet_predictor
-
-        if card.nnunet is None:
-            raise DataError(f"{run_dir}/model.json: framework nnunet but no 'nnunet' section")
-        self.predictor = build_nnunet_predictor(self.run_dir, card, device, checkpoint)
-
-    def _predict_once(self, array: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
-        zyx = np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.float32)[None]
-        spacing_zyx = [float(s) for s in spacing_xyz[::-1]]
-        _, probs = self.predictor.predict_single_npy_array(zyx, {"spacing": spacing_zyx}, None, None, True)
-        return np.asarray(probs, dtype=np.float32).transpose(0, 3, 2, 1)  # (C, z, y, x) -> (C, x, y, z)
-
-    def predict_probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
-        total = None
-        flips = tta_flip_sets(self.settings.tta, 0)
-        for flip in flips:
-            array = np.flip(volume.array, flip) if flip else volume.array
-            probs = self._predict_once(array, volume.spacing)
-            if flip:
-                probs = np.flip(probs, tuple(a + 1 for a in flip))
-                if self.lateralized and 0 in flip:
-                    probs = probs[[0, 2, 1] + list(range(3, probs.shape[0]))]
-            total = probs if total is None else total + probs
-        return np.ascontiguousarray(total / len(flips)), volume  # type: ignore[operator]
-
-
 def load_stage_model(run_dir: Path | str, device: str | torch.device = "cpu",
                      checkpoint: str | None = None) -> NetworkStageModel:
-    """Load a trained stage from its run directory (MONAI or nnU-Net).
+    """Load a trained stage from its run directory with the backend of its card's framework (MONAI or nnU-Net).
 
     Args:
         run_dir: folder written by ``train`` (contains model.json).
         device: ``cpu`` or ``cuda`` (error if CUDA is requested but unavailable).
         checkpoint: weights file relative to ``run_dir`` (default: the card's, i.e. the best checkpoint).
     """
+    from .backends import get_backend  # the backends import this module
+
     run_dir = Path(run_dir)
     card = ModelCard.from_json(run_dir / "model.json")
     dev = resolve_device(str(device))
-    if card.framework == "monai":
-        return MonaiStageModel(card, run_dir, dev, checkpoint)
-    if card.framework == "nnunet":
-        return NnUNetStageModel(card, run_dir, dev, checkpoint)
-    raise DataError(f"{run_dir}/model.json: unknown framework '{card.framework}'; allowed: monai, nnunet")
+    try:
+        backend = get_backend(card.framework)
+    except ValueError as exc:
+        raise DataError(f"{run_dir}/model.json: {exc}") from exc
+    return backend.load(run_dir, card, dev, checkpoint)
 
 
 def load_stage(run_dir: Path | str, stage: str, device: str = "cpu") -> NetworkStageModel:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..data.labels import merge_dn_labels
 from .augmentation import Augmenter
 from .preprocessing import StageSample
 
@@ -33,7 +34,8 @@ class PatchSampler:
     def __init__(self, samples: Sequence[StageSample], patch_size: Sequence[int], batch_size: int,
                  foreground_prob: float = 0.33, augmenter: Augmenter | None = None, seed: int = 0,
                  merge_labels: bool = False):
-        """``merge_labels``: train one foreground class (every label > 0 becomes 1; the ``merged`` DN scheme)."""
+        """``merge_labels``: train one foreground class (every label > 0 becomes 1; the ``merged`` DN scheme,
+        :func:`dentate_research.data.labels.merge_dn_labels`)."""
         if not samples:
             raise ValueError("PatchSampler: no training samples")
         if batch_size < 1:
@@ -46,7 +48,7 @@ class PatchSampler:
         self.items = []
         for s in samples:
             image, _ = pad_to_patch(s.image, self.patch)
-            label, _ = pad_to_patch((s.label > 0).astype(np.uint8) if merge_labels else s.label, self.patch)
+            label, _ = pad_to_patch(merge_dn_labels(s.label) if merge_labels else s.label, self.patch)
             classes = [int(c) for c in np.unique(label) if c > 0]
             fg = {c: np.argwhere(label == c) for c in classes}
             self.items.append((image, label, s.affine, fg))

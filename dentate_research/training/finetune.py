@@ -21,7 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..data.io import DataError
+from ..model_contract import card_label_scheme
 from .artifacts import ModelCard
+from .backends import get_backend
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 
@@ -53,7 +55,7 @@ def apply_init_from(cfg: DictConfig) -> DictConfig:
     if card.arch != str(cfg.arch.name):
         raise DataError(f"init_from={init_from}: the weights are for arch '{card.arch}', got +arch={cfg.arch.name}; "
                         f"use +arch={card.arch}")
-    if card.framework != "monai":
+    if not get_backend(card.framework).supports_fine_tuning:
         raise DataError(f"init_from={init_from}: fine-tuning supports the MONAI architectures (this model is "
                         f"'{card.framework}'); nnU-Net users: nnUNetv2_train -pretrained_weights")
     checkpoint = run / card.checkpoint
@@ -66,7 +68,7 @@ def apply_init_from(cfg: DictConfig) -> DictConfig:
         "stage.normalization": dict(card.normalization),
     }
     if stage == "segmentation":
-        adopted["stage.label_scheme"] = "merged" if len(card.classes) == 2 else "lateral"
+        adopted["stage.label_scheme"] = card_label_scheme(card).name  # lateral | merged
         sibling = run.parent / "localization"
         if (card.crop or {}).get("source") == "localizer" and not cfg.stage.crop.get("localizer_run") \
                 and (sibling / "model.json").is_file():  # a two-step model: train on its own localizer's crops

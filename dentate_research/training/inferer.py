@@ -11,14 +11,17 @@ TTA policies:
     side-less targets (cerebellum) no channel swap is needed.
     ``all_flips_lr_swap``: every combination of flips over the three axes, with the channel swap whenever the
     left-right axis is flipped (8 passes).
-A plain left-right flip without channel swap is never used for lateralized labels.
+A plain left-right flip without channel swap is never used for lateralized labels. The passes, the un-flip, the
+channel swap and the average are :func:`tta_average`, shared by the MONAI inferer (:func:`predict_probabilities`)
+and the nnU-Net stage model (:class:`~dentate_research.training.backends.nnunet_backend.NnUNetStageModel`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,10 +29,10 @@ from monai.inferers import sliding_window_inference
 
 from ..data.geometry import largest_component
 from ..data.labels import LATERAL, swap_left_right_channels
-from ..data.overlap import dice as _dice
 
 TTA_POLICIES = ("none", "lr_swap", "all_flips_lr_swap")
 BLEND_MODES = ("gaussian", "constant")
+ProbsT = TypeVar("ProbsT", np.ndarray, torch.Tensor)
 
 
 @dataclass
@@ -71,6 +74,39 @@ def tta_flip_sets(policy: str, lr_axis: int) -> list[tuple[int, ...]]:
     return [tuple(c) for r in range(4) for c in itertools.combinations(range(3), r)]
 
 
+def _flip(array: ProbsT, axes: Sequence[int]) -> ProbsT:
+    """Reverse ``array`` (numpy array or torch tensor) along ``axes``."""
+    if isinstance(array, torch.Tensor):
+        return torch.flip(array, list(axes))
+    return np.flip(array, tuple(axes))
+
+
+def tta_average(predict_flipped: Callable[[tuple[int, ...]], ProbsT], policy: str, lr_axis: int,
+                lateralized: bool, channel_axis: int) -> ProbsT:
+    """Mean class probabilities over the TTA passes of ``policy`` (numpy or torch, whatever ``predict_flipped``
+    returns).
+
+    Args:
+        predict_flipped: ``flip -> probabilities`` of the image mirrored along the spatial axes ``flip`` (``()`` =
+            unflipped), channels on ``channel_axis`` and the spatial axes right after it.
+        policy: TTA policy (:data:`TTA_POLICIES`); passes from :func:`tta_flip_sets`.
+        lr_axis: spatial axis of world left-right.
+        lateralized: channels 1/2 are left/right DN: after a left-right mirrored pass they are swapped
+            (:func:`dentate_research.data.labels.swap_left_right_channels`), when there are that many channels.
+        channel_axis: array axis of the class channels (1 for (B, C, X, Y, Z), 0 for (C, X, Y, Z)).
+    """
+    total = None
+    flips = tta_flip_sets(policy, lr_axis)
+    for flip in flips:
+        probs = predict_flipped(flip)
+        if flip:
+            probs = _flip(probs, [channel_axis + 1 + a for a in flip])
+            if lateralized and lr_axis in flip and probs.shape[channel_axis] >= LATERAL.n_classes:
+                probs = swap_left_right_channels(probs, axis=channel_axis)
+        total = probs if total is None else total + probs
+    return total / len(flips)  # type: ignore[operator]
+
+
 @torch.no_grad()
 def predict_probabilities(network: torch.nn.Module, image: np.ndarray, settings: InfererSettings,
                           device: torch.device | str = "cpu", lr_axis: int = 0, lateralized: bool = True,
@@ -87,24 +123,18 @@ def predict_probabilities(network: torch.nn.Module, image: np.ndarray, settings:
     device = torch.device(device)
     network.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    total = None
-    flips = tta_flip_sets(settings.tta, lr_axis)
-    for flip in flips:
-        dims = [d + 2 for d in flip]
-        xin = torch.flip(x, dims) if dims else x
+
+    def predict_flipped(flip: tuple[int, ...]) -> torch.Tensor:  # (1, C, X, Y, Z) softmax of the flipped image
+        xin = _flip(x, [d + 2 for d in flip]) if flip else x
         with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
             logits = sliding_window_inference(xin, settings.roi_size, settings.sw_batch_size, network,
                                               overlap=settings.overlap, mode=settings.mode,
                                               sigma_scale=settings.sigma_scale)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
-        probs = torch.softmax(logits.float(), dim=1)
-        if dims:
-            probs = torch.flip(probs, dims)
-            if lateralized and lr_axis in flip and probs.shape[1] >= LATERAL.n_classes:
-                probs = swap_left_right_channels(probs, axis=1)
-        total = probs if total is None else total + probs
-    return (total / len(flips))[0].cpu().numpy()  # type: ignore[index,operator]
+        return torch.softmax(logits.float(), dim=1)
+
+    return tta_average(predict_flipped, settings.tta, lr_axis, lateralized, channel_axis=1)[0].cpu().numpy()
 
 
 def postprocess_labels(labels: np.ndarray, largest_component_per_class: bool = True) -> np.ndarray:
@@ -117,9 +147,3 @@ def postprocess_labels(labels: np.ndarray, largest_component_per_class: bool = T
             continue
         out[largest_component(labels == c)] = c
     return out
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Training-validation Dice: :func:`dentate_research.data.overlap.dice` with ``empty="one"`` (both empty ->
-    1.0, one empty -> 0.0). Kept for existing importers; new code calls ``data.overlap.dice`` with its policy."""
-    return _dice(pred, ref, empty="one")

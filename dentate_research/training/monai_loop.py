@@ -26,6 +26,7 @@ import torch
 from monai.losses import DiceCELoss
 from tqdm.auto import tqdm
 
+from ..data.labels import MERGED, network_label_scheme
 from ..models import build_network, get_arch
 from ..schema import TrainerSettings
 from .augmentation import AugmentationSettings, Augmenter
@@ -154,9 +155,9 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
     ckpt_dir = Path(run_dir) / "checkpoints"
     if main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    # 3 classes: left/right DN channels (LR flips swap labels 1/2, TTA swaps channels); 2 classes: one DN class
-    lateralized = stage == "segmentation" and len(classes) >= 3
-    merge_labels = stage == "segmentation" and len(classes) == 2
+    # lateral: left/right DN channels (LR flips swap labels 1/2, TTA swaps channels); merged: one DN class
+    scheme = network_label_scheme(stage, classes)
+    lateralized, merge_labels = scheme.lateralized, scheme == MERGED
     network = build_network(arch, 1, len(classes), patch_size, arch_kwargs).to(device)
     optimizer = make_optimizer(network.parameters(), arch, loop)
     scheduler = make_scheduler(optimizer, loop)

@@ -3,7 +3,8 @@
 Segmentation: the network's labels go through the inference pipeline's post-processing
 (:func:`dentate_research.data.postprocess.postprocess_dn_labels`: sides from world x relative to the sample's
 cerebellar midline, largest component per side), then Dice per side (label 1 = left DN, 2 = right DN) on the
-stage grid; both-empty = 1.0, one empty = 0. This holds for both label schemes (lateral 0/1/2, merged 0/1).
+stage grid; both-empty = 1.0 (:func:`dentate_research.data.overlap.dice` with ``empty="one"``), one empty = 0.
+This holds for both label schemes (lateral 0/1/2, merged 0/1).
 Localization: Dice of the cerebellum mask, and what matters downstream - the bounding box derived from the
 predicted mask (plus ``margin_mm``) mapped to the native grid: ``bbox_recall`` = fraction of cases whose box
 contains the whole DN, ``dn_voxel_recall`` = mean fraction of DN voxels inside the box, and the crop size.
@@ -17,8 +18,8 @@ import numpy as np
 
 from ..data.geometry import bbox_from_mask, box_extent_mm, map_bbox
 from ..data.laterality import LEFT_DN, RIGHT_DN
+from ..data.overlap import dice
 from ..data.postprocess import postprocess_dn_labels
-from .inferer import dice
 from .preprocessing import StageSample
 
 
@@ -26,8 +27,8 @@ def segmentation_metrics(predictions: Sequence[np.ndarray], samples: Sequence[St
     """Mean Dice per side over cases, plus the per-case values."""
     per_case = {}
     for pred, s in zip(predictions, samples, strict=True):
-        per_case[s.case_id] = {"left": dice(pred == LEFT_DN, s.label == LEFT_DN),
-                               "right": dice(pred == RIGHT_DN, s.label == RIGHT_DN)}
+        per_case[s.case_id] = {"left": dice(pred == LEFT_DN, s.label == LEFT_DN, empty="one"),
+                               "right": dice(pred == RIGHT_DN, s.label == RIGHT_DN, empty="one")}
     left = [v["left"] for v in per_case.values()]
     right = [v["right"] for v in per_case.values()]
     return {"val_dice_left": float(np.mean(left)), "val_dice_right": float(np.mean(right)),
@@ -40,7 +41,7 @@ def localization_metrics(predictions: Sequence[np.ndarray], samples: Sequence[St
     """Cerebellum Dice and DN bounding-box recall / crop size (native grid) for predicted coarse masks."""
     per_case = {}
     for pred, s in zip(predictions, samples, strict=True):
-        entry: dict[str, object] = {"dice_cerebellum": dice(pred > 0, s.label > 0)}
+        entry: dict[str, object] = {"dice_cerebellum": dice(pred > 0, s.label > 0, empty="one")}
         box = bbox_from_mask(pred > 0, s.affine, margin_mm)
         if s.dn_native is None:
             raise ValueError(f"case {s.case_id}: localization sample has no native DN labels for bbox recall")
