@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..data.io import DataError
+from ..data.labels import swap_left_right_labels
 from ..data.nnunet_export import dataset_folder_name as dataset_name
 from ..data.nnunet_export import raw_dataset_folder, write_dataset_json, write_raw_case
 from .preprocessing import StageSample
@@ -194,8 +195,9 @@ def plan_and_preprocess(dataset_id: int, patch_size_xyz: Sequence[int], batch_si
     return plans
 
 
-def _lr_swap_mirror_transform(lr_axis: int, probability: float = 0.5, swap: tuple[int, int] = (1, 2)) -> Any:
-    """batchgeneratorsv2 transform: mirror along nnU-Net's LR axis AND swap labels 1 <-> 2 (laterality-safe)."""
+def _lr_swap_mirror_transform(lr_axis: int, probability: float = 0.5) -> Any:
+    """batchgeneratorsv2 transform: mirror along nnU-Net's LR axis AND swap labels 1 <-> 2 (laterality-safe,
+    :func:`dentate_research.data.labels.swap_left_right_labels`)."""
     from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
     class LeftRightSwapMirror(BasicTransform):
@@ -208,11 +210,7 @@ def _lr_swap_mirror_transform(lr_axis: int, probability: float = 0.5, swap: tupl
         def _apply_to_segmentation(self, segmentation: torch.Tensor, **params: Any) -> torch.Tensor:
             if not params["flip"]:
                 return segmentation
-            flipped = torch.flip(segmentation, [lr_axis + 1])
-            out = flipped.clone()
-            out[flipped == swap[0]] = swap[1]
-            out[flipped == swap[1]] = swap[0]
-            return out
+            return swap_left_right_labels(torch.flip(segmentation, [lr_axis + 1]))
 
     return LeftRightSwapMirror()
 
