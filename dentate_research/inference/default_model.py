@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from dentate_research.data.io import DataError
+from dentate_research.training.backends import get_backend
 from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, train_two_step_model
 
 MODEL_ENV = "DENTATE_RESEARCH_MODEL"
@@ -138,9 +139,8 @@ def install_model(model_dir: Path | str | None, dest: Path | str | None = None, 
         shutil.rmtree(dest)
     for stage, run in runs.items():
         card = json.loads((run / "model.json").read_text())
-        needed = ["model.json", "config.yaml", "run_info.json", "metrics.csv", card["checkpoint"]]
-        if card.get("framework") == "nnunet":  # nnU-Net's predictor also reads its plans and dataset.json
-            needed += [card["nnunet"]["plans"], card["nnunet"]["dataset_json"]]
+        needed = ["model.json", "config.yaml", "run_info.json", "metrics.csv",
+                  *get_backend(str(card.get("framework", "monai"))).model_files(card)]
         for name in needed:
             if (run / name).is_file():
                 (dest / stage / name).parent.mkdir(parents=True, exist_ok=True)

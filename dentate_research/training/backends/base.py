@@ -97,3 +97,8 @@ class TrainingBackend(Protocol):
     def count_parameters(self, model: NetworkStageModel) -> int:
         """Trainable parameters of a loaded stage model's network."""
         ...
+
+    def model_files(self, card: dict[str, Any]) -> list[str]:
+        """Run-folder-relative files (besides model.json) that loading the trained stage reads (installing a model
+        copies them)."""
+        ...

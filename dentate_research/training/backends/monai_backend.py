@@ -70,6 +70,9 @@ class MonaiBackend:
              checkpoint: str | None = None) -> MonaiStageModel:
         return MonaiStageModel(card, run_dir, device, checkpoint)
 
+    def model_files(self, card: dict[str, Any]) -> list[str]:
+        return [str(card["checkpoint"])]
+
     def count_parameters(self, model: NetworkStageModel) -> int:
         from ...models import count_parameters
 

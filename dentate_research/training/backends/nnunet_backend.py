@@ -117,6 +117,10 @@ class NnUNetBackend:
              checkpoint: str | None = None) -> NnUNetStageModel:
         return NnUNetStageModel(card, run_dir, device, checkpoint)
 
+    def model_files(self, card: dict[str, Any]) -> list[str]:
+        """The checkpoint, and nnU-Net's plans and dataset.json that its predictor reads."""
+        return [str(card["checkpoint"]), str(card["nnunet"]["plans"]), str(card["nnunet"]["dataset_json"])]
+
     def count_parameters(self, model: NetworkStageModel) -> int:
         from ...models import count_parameters
 
