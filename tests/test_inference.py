@@ -13,9 +13,9 @@ from inference_helpers import toy_scan, trained_toy_model
 from dentate_research.data.io import DataError, save_nifti
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, world_centroid
 from dentate_research.data.overlap import dice
+from dentate_research.data.postprocess import postprocess_dn_labels, side_statistics
 from dentate_research.inference import DentatePredictor, SegmentationError
 from dentate_research.inference.outputs import OUTPUT_SUFFIXES, VOLUMES_CSV, case_output_paths, segment_file
-from dentate_research.inference.postprocess import postprocess_dn_labels, side_statistics
 from dentate_research.training.artifacts import load_stage
 
 

@@ -9,7 +9,7 @@ Pipeline for one QSM volume (any stored orientation; the work happens in canonic
 3. Crop, then ``segmenter.predict`` (sliding window with Gaussian blending inside the StageModel) -> 0/1/2.
 4. Post-processing: every DN voxel takes the side of the cerebellar midline (mask centroid, world x) it lies
    on, so left/right never depend on the network telling them apart
-   (:func:`~dentate_research.inference.postprocess.assign_sides_by_world`; the agreement with the network's
+   (:func:`~dentate_research.data.postprocess.assign_sides_by_world`; the agreement with the network's
    own labels is reported); then the largest connected component per side.
 5. Uncrop to the exact input grid.
 
