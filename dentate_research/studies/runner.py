@@ -50,9 +50,8 @@ from ..data.manifest import Case, read_manifest
 from ..data.splits import load_split, make_splits, write_splits
 from ..data.units import case_image_in_ppm
 from ..evaluation.metrics import case_identity, evaluate_case
-from .loso import loso_sites
 from .paper import PAPER
-from .registry import STUDIES, look_up_study
+from .registry import STUDIES, STUDY_RUNS, look_up_study
 from .settings import StudySettings
 from .tables import provenance_block, write_json
 
@@ -177,14 +176,8 @@ class StudyRunner:
                 runs.append((stage, arch, fold))
 
         for study in s.studies:
-            if study in ("architectures", "two_step", "external", "failure_modes"):
-                add("localization", s.localizer_arch, "0")
-                for arch in (s.architectures if study == "architectures" else [s.pipeline_arch]):
-                    add("segmentation", arch, "0")
-            elif study == "loso":
-                for site in loso_sites(self):
-                    add("localization", s.localizer_arch, f"loso:{site}")
-                    add("segmentation", s.pipeline_arch, f"loso:{site}")
+            for stage, arch, fold in STUDY_RUNS.get(study, lambda _runner: [])(self):
+                add(stage, arch, fold)
         return runs
 
     def launch_runs(self, launcher: Any) -> list[str]:
