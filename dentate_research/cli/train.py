@@ -1,4 +1,4 @@
-"""``train``: train one stage with Hydra configs from the repository's top-level ``configs/`` folder.
+"""``train``: train one stage with the Hydra configs shipped in the package (``dentate_research/configs``).
 
 Examples::
 
