@@ -426,15 +426,17 @@ def compose(config_name: str = "train", overrides: Sequence[str] = (), *, config
 def train_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
     """A complete, checked train config from a full or partial one (dict or OmegaConf): the schema's defaults
     fill what is absent, and a key the schema does not know raises an error naming it."""
-    given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    if "hydra" in given:
-        given = OmegaConf.masked_copy(given, [k for k in given if k != "hydra"])
-    return OmegaConf.merge(OmegaConf.structured(TrainConfig), given)  # type: ignore[return-value]
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), _plain(cfg))  # type: ignore[return-value]
 
 
 def reproduce_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
     """A complete, checked reproduce config from a full or partial one (see :func:`train_config`)."""
-    given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    if "hydra" in given:
-        given = OmegaConf.masked_copy(given, [k for k in given if k != "hydra"])
-    return OmegaConf.merge(OmegaConf.structured(ReproduceConfig), given)  # type: ignore[return-value]
+    return OmegaConf.merge(OmegaConf.structured(ReproduceConfig), _plain(cfg))  # type: ignore[return-value]
+
+
+def _plain(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
+    """An untyped copy without Hydra's own node (a typed config may carry keys Hydra's '+' forced into it, which
+    merging it onto the schema must see as unknown); interpolations stay unresolved."""
+    container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
+    container.pop("hydra", None)  # type: ignore[union-attr]
+    return OmegaConf.create(container)

@@ -89,7 +89,7 @@ def dry_run(argv: list[str], multirun: bool) -> int:
     for i, (job, cfg) in enumerate(zip(jobs, cfgs, strict=True)):
         varying = [a for a in job if a.split("=", 1)[0] in swept] or ["(no sweep)"]
         print(f"  #{i}: {' '.join(varying)}  ->  {cfg.stage.name} / {cfg.arch.name}, trainer.devices="
-              f"{cfg.trainer.get('devices', 1)}")
+              f"{cfg.trainer.devices}")
     if cluster == "slurm":
         executor = make_executor(launcher, dry_run=True)
         print(f"[train] sbatch script (submitit {executor.folder}):")

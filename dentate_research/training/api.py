@@ -62,7 +62,9 @@ def _as_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
         get_arch(conf.arch.name)  # unknown name -> ValueError listing the choices
     except ValueError as exc:
         raise DataError(f"arch.name={conf.arch.name}: {exc}") from exc
-    return conf
+    # checked against the schema: from here on a plain config, so that steps may adopt values (e.g. fine-tuning
+    # takes a trained model's normalization as a dict); interpolations stay unresolved until the run records them
+    return OmegaConf.create(OmegaConf.to_container(conf, resolve=False))
 
 
 def load_cases(data_cfg: DictConfig) -> list[Case]:
@@ -84,7 +86,7 @@ def load_cases_generated(data_cfg: DictConfig) -> tuple[list[Case], bool]:
 
         print(f"[train] {manifest} not found: generating phantom preset '{gen.preset}' (seed {gen.seed})")
         manifest = generate_dataset(manifest.parent, preset=str(gen.preset), seed=int(gen.seed),
-                                    n_jobs=int(gen.get("n_jobs", 1)))
+                                    n_jobs=int(gen.n_jobs))
         generated = True
     return read_manifest(manifest), generated
 
@@ -109,7 +111,7 @@ def resolve_split(split_cfg: DictConfig, cases: list[Case], seed: int, *, data_g
             external = list(split_cfg.get("external_sites") or [])
             create = split_cfg.get("create_if_missing", None)
             auto = (create is None and data_generated and data_cfg is not None
-                    and bool(data_cfg.get("create_splits_if_missing", False)))
+                    and bool(data_cfg.create_splits_if_missing))
             if not (create is True or auto):
                 manifest = f" --manifest {data_cfg.manifest}" if data_cfg is not None else ""
                 ext = f" --external-sites {' '.join(external)}" if external else ""
