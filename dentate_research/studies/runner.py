@@ -137,8 +137,8 @@ class StudyRunner:
         s = self.s
         run_dir = self.run_dir(stage, arch, fold)
         key = f"{stage}/{arch}/{fold}"
-        if self.runs.get(key, {}).get("launcher"):  # trained by a job of this invocation (launch_runs)
-            return run_dir
+        if self.runs.get(key, {}).get("launcher") or self.runs.get(key, {}).get("reused") is False:
+            return run_dir  # trained in this invocation (by a launcher job or here): keep its provenance
         if s.reuse_runs and self.run_finished(run_dir):
             self.runs[key] = {"run_dir": str(run_dir), "reused": True}
             return run_dir
