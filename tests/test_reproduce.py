@@ -15,12 +15,13 @@ TABLES = ("T1_cohort", "T2_rater_reliability", "T3_architectures", "T4_one_vs_tw
 
 
 def test_every_preset_composes():
-    from dentate_research.cli.reproduce import CONFIG_DIR, _compose, compose_train_config, settings_from_config
+    from dentate_research.cli.reproduce import CONFIG_DIR, compose_train_config, settings_from_config
+    from dentate_research.schema import compose
 
     presets = sorted(p.stem for p in (CONFIG_DIR / "reproduce" / "experiment").glob("*.yaml"))
     assert {"smoke", "cpu", "paper"} <= set(presets)
     for preset in presets:
-        settings = settings_from_config(_compose(CONFIG_DIR / "reproduce", "reproduce", [f"experiment={preset}"]))
+        settings = settings_from_config(compose("reproduce/reproduce", [f"experiment={preset}"]))
         assert settings.name == preset
         # every training run of the preset composes against configs/train.yaml
         for arch in {*settings.architectures, settings.localizer_arch}:

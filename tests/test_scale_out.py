@@ -191,10 +191,11 @@ def test_slurm_dry_run_prints_the_sbatch_script(tmp_path, capsys):
 # ---------------------------------------------------------------- reproduce fan-out
 
 def test_planned_runs_of_the_smoke_preset():
-    from dentate_research.cli.reproduce import CONFIG_DIR, _compose, compose_train_config, settings_from_config
+    from dentate_research.cli.reproduce import compose_train_config, settings_from_config
+    from dentate_research.schema import compose
     from dentate_research.studies.runner import StudyRunner
 
-    settings = settings_from_config(_compose(CONFIG_DIR / "reproduce", "reproduce", []))
+    settings = settings_from_config(compose("reproduce/reproduce", []))
     planned = StudyRunner(settings, compose_train_config).planned_runs()
     assert planned[0] == ("localization", "unet", "0")
     assert {f"{a}/{b}/{c}" for a, b, c in planned} == {

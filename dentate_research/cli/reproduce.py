@@ -26,16 +26,11 @@ from pathlib import Path
 from dentate_research.schema import CONFIG_DIR, compose
 
 
-def _compose(config_dir: Path, name: str, overrides: list[str]):
-    """A packaged config (``config_dir`` = CONFIG_DIR or a sub-folder of it) composed with ``overrides``."""
-    return compose(name, overrides, config_dir=config_dir)
-
-
 def compose_train_config(overrides: list[str]):
     """The train config (``configs/train.yaml``) with Hydra overrides, as ``train`` would compose it."""
     from omegaconf import OmegaConf
 
-    cfg = _compose(CONFIG_DIR, "train", overrides)
+    cfg = compose("train", overrides)
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -74,7 +69,7 @@ def run_hydra(argv: list[str]) -> int:
     launcher_args = [a for a in argv if is_launcher_override(a)]
     study_args = [a for a in argv if not is_launcher_override(a)]
     try:
-        cfg = _compose(CONFIG_DIR / "reproduce", "reproduce", study_args)
+        cfg = compose("reproduce/reproduce", study_args)
         settings = settings_from_config(cfg, "python -m dentate_research reproduce " + " ".join(argv))
         launcher = make_launcher(launcher_args, settings.work_dir, settings.name) if launcher_args else None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:

@@ -29,6 +29,7 @@ from monai.inferers import sliding_window_inference
 
 from ..data.geometry import largest_component
 from ..data.labels import LATERAL, swap_left_right_channels
+from ..schema import InfererConfig
 
 TTA_POLICIES = ("none", "lr_swap", "all_flips_lr_swap")
 BLEND_MODES = ("gaussian", "constant")
@@ -37,14 +38,15 @@ ProbsT = TypeVar("ProbsT", np.ndarray, torch.Tensor)
 
 @dataclass
 class InfererSettings:
-    """Sliding-window settings (roi_size in voxels on the stage grid)."""
+    """Sliding-window settings (roi_size in voxels on the stage grid); defaults from
+    :class:`dentate_research.schema.InfererConfig`, where they live."""
 
     roi_size: tuple[int, int, int]
-    overlap: float = 0.5
-    mode: str = "gaussian"
-    sigma_scale: float = 0.125
-    sw_batch_size: int = 1
-    tta: str = "none"
+    overlap: float = InfererConfig.overlap
+    mode: str = InfererConfig.mode
+    sigma_scale: float = InfererConfig.sigma_scale
+    sw_batch_size: int = InfererConfig.sw_batch_size
+    tta: str = InfererConfig.tta
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_POLICIES:

@@ -66,11 +66,11 @@ class LoopSettings:
     accumulate_grad_batches: int  # micro-batches per optimizer step (each from its own patch stream)
 
     @classmethod
-    def from_trainer(cls, trainer: Mapping[str, Any] | TrainerSettings | None = None, **changes: Any) -> LoopSettings:
-        """From a (partial) trainer config: absent keys take the schema's defaults; ``changes`` override."""
+    def from_trainer(cls, trainer: Mapping[str, Any] | TrainerSettings | None = None) -> LoopSettings:
+        """From a (partial) trainer config: absent keys take the schema's defaults."""
         from omegaconf import OmegaConf
 
-        tr = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerSettings), trainer or {}, changes))
+        tr = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerSettings), trainer or {}))
         opt = tr.optimizer
         return cls(epochs=int(tr.epochs), iterations_per_epoch=int(tr.iterations_per_epoch),
                    batch_size=int(tr.batch_size), val_every=int(tr.val_every), optimizer=opt.name, lr=opt.lr,
