@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from dentate_research.cli.main import main
-from dentate_research.data.bids import build_manifest, parse_entities
+from dentate_research.data.bids import build_manifest, find_maps, parse_entities, sidecar_metadata
 from dentate_research.data.io import DataError, load_label, save_nifti
 from dentate_research.data.laterality import check_sides
 from dentate_research.data.manifest import read_manifest
@@ -138,6 +138,109 @@ def test_parse_entities():
     assert parse_entities(Path("sub-01_ses-2_acq-fast_run-1_Chimap.nii.gz")) == {
         "sub": "01", "ses": "2", "acq": "fast", "run": "1"}
 
+
+
+# ------------------------------------------------------------------ derivatives/, sourcedata/, sidecar inheritance
+
+def make_qsmxt_dataset(root: Path) -> Path:
+    """A raw BIDS root with sub-01's own Chimap, QSMxT's derivative of it (uncompressed, as QSMxT writes it) and
+    copies under sourcedata/ and a hidden folder that discovery must never pick up."""
+    image, _, affine = _scan(1)
+    save_nifti(image, affine, root / "sub-01" / "anat" / "sub-01_Chimap.nii.gz")
+    save_nifti(image, affine, root / "derivatives" / "qsmxt" / "sub-01" / "anat" / "sub-01_Chimap.nii")
+    save_nifti(image, affine, root / "sourcedata" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz")
+    save_nifti(image, affine, root / ".cache" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz")
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    pd.DataFrame({"participant_id": ["sub-01"], "site": ["clinicA"]}).to_csv(root / "participants.tsv", sep="\t",
+                                                                               index=False)
+    return root
+
+
+def test_qsmxt_layout_raw_maps_by_default_derivative_maps_with_the_option(tmp_path, capsys):
+    root = make_qsmxt_dataset(tmp_path / "bids")
+    assert [m.path for m in find_maps(root)] == [root / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"]
+    derived = root / "derivatives" / "qsmxt" / "sub-01" / "anat" / "sub-01_Chimap.nii"
+    assert [m.path for m in find_maps(root, derivatives="qsmxt")] == [derived]
+    # the manifest of the derivative maps keeps participants.tsv of the dataset root above
+    out = tmp_path / "m.tsv"
+    assert main(["make-manifest", str(root), "--derivatives", "qsmxt", "-o", str(out)]) == 0
+    (case,) = read_manifest(out)
+    assert case.image == derived and case.case_id == "sub-01" and case.site == "clinicA"
+    assert case.meta["source"] == "derivatives/qsmxt/sub-01/anat/sub-01_Chimap.nii"
+    capsys.readouterr()
+    # an absent pipeline folder: one line naming the path and the pipelines present
+    assert main(["make-manifest", str(root), "--derivatives", "qsmxt-2024", "-o", str(tmp_path / "n.tsv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(root / "derivatives" / "qsmxt-2024") in err and "['qsmxt']" in err
+    assert not (tmp_path / "n.tsv").exists()
+    with pytest.raises(DataError, match=r"has no derivatives/ folder"):
+        find_maps(root / "sub-01", derivatives="qsmxt")
+    with pytest.raises(DataError, match=r"--derivatives '\.\./x': not a folder name"):
+        find_maps(root, derivatives="../x")
+
+
+def test_maps_only_under_derivatives_point_to_the_option(tmp_path):
+    root = make_qsmxt_dataset(tmp_path / "bids")
+    (root / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"no susceptibility map.*--derivatives NAME \(derivatives/ holds \['qsmxt'\]"):
+        find_maps(root)
+
+
+def test_pattern_may_name_a_skipped_folder_literally(tmp_path):
+    root = make_qsmxt_dataset(tmp_path / "bids")
+    assert [m.path.name for m in find_maps(root, pattern="**/*_Chimap.nii*")] == ["sub-01_Chimap.nii.gz"]
+    found = find_maps(root, pattern="derivatives/qsmxt/sub-*/anat/*_Chimap.nii")
+    assert [m.path for m in found] == [root / "derivatives" / "qsmxt" / "sub-01" / "anat" / "sub-01_Chimap.nii"]
+
+
+def test_segment_reads_a_pipelines_derivatives(tmp_path, capsys):
+    from dentate_research.cli.segment import collect_inputs
+
+    root = make_qsmxt_dataset(tmp_path / "bids")
+    assert collect_inputs([root]) == [root / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"]
+    assert collect_inputs([root], derivatives="qsmxt") == [
+        root / "derivatives" / "qsmxt" / "sub-01" / "anat" / "sub-01_Chimap.nii"]
+    out = tmp_path / "seg"
+    assert main(["segment", "-i", str(root), "-o", str(out), "--derivatives", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'derivatives' / 'nope'}: derivatives folder not found" in err and "['qsmxt']" in err
+    assert not out.exists()
+
+
+def test_sidecar_inheritance_for_field_strength(tmp_path):
+    """Root-level Chimap.json applies to every map; a subject- or file-level sidecar overrides it (closest wins);
+    a sidecar with an entity the map lacks does not apply; a derivatives dataset has its own hierarchy."""
+    root = tmp_path / "bids"
+    scans = {("01", "1"): None, ("02", "1"): None, ("02", "2"): 1.5}
+    for i, ((sub, ses), own) in enumerate(scans.items()):
+        image, _, affine = _scan(i + 1)
+        anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+        save_nifti(image, affine, anat / f"sub-{sub}_ses-{ses}_Chimap.nii.gz")
+        if own is not None:
+            (anat / f"sub-{sub}_ses-{ses}_Chimap.json").write_text(json.dumps({"MagneticFieldStrength": own}))
+    (root / "Chimap.json").write_text(json.dumps({"MagneticFieldStrength": 7, "EchoTime": 0.02}))
+    (root / "sub-01_acq-x_Chimap.json").write_text(json.dumps({"MagneticFieldStrength": 9}))  # acq-x: not these
+    (root / "T1w.json").write_text(json.dumps({"MagneticFieldStrength": 11}))  # another suffix
+    (root / "sub-02" / "sub-02_Chimap.json").write_text(json.dumps({"MagneticFieldStrength": 3}))
+    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "site": ["A", "B"]}).to_csv(
+        root / "participants.tsv", sep="\t", index=False)
+    cases = read_manifest(build_manifest(root, tmp_path / "m.tsv"))
+    assert {c.case_id: c.meta["field_strength"] for c in cases} == {
+        "sub-01_ses-1": "7", "sub-02_ses-1": "3", "sub-02_ses-2": "1.5"}
+    own = root / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_Chimap.nii.gz"
+    assert sidecar_metadata(own, root) == {"MagneticFieldStrength": 1.5, "EchoTime": 0.02}
+    # derivatives/qsmxt is its own dataset: its root Chimap.json applies to its maps, the raw root's does not
+    image, _, affine = _scan(9)
+    qsmxt = root / "derivatives" / "qsmxt"
+    save_nifti(image, affine, qsmxt / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_Chimap.nii")
+    assert read_manifest(build_manifest(root, tmp_path / "d1.tsv", derivatives="qsmxt"))[0].meta[
+        "field_strength"] == ""
+    (qsmxt / "Chimap.json").write_text(json.dumps({"MagneticFieldStrength": 3}))
+    assert read_manifest(build_manifest(root, tmp_path / "d2.tsv", derivatives="qsmxt"))[0].meta[
+        "field_strength"] == "3"
+    (qsmxt / "Chimap.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"Chimap.json: not valid JSON"):
+        build_manifest(root, tmp_path / "d3.tsv", derivatives="qsmxt")
 
 # ------------------------------------------------------------------ BIDS derivatives out
 

@@ -233,3 +233,18 @@ def test_reproduce_fans_training_runs_out_as_submitit_jobs(tmp_path, toy):
     again.prepare_data()
     assert again.launch_runs(launcher) == []  # finished runs are reused, nothing is submitted
     assert all(r["reused"] for r in again.runs.values())
+
+
+@pytest.mark.parametrize("args", [["+arch=unet,segresnet", "split.fold=0,1", "trainer=smoke"],
+                                  ["a=1", "b=range(0,3)", "a=2,3", "c=choice(x,y)", "hydra/launcher=slurm", "d='q r'"],
+                                  []])
+def test_dry_run_sweep_expands_like_hydras_basic_sweeper(args):
+    """The dry run's sweep expansion (public Override API) gives the jobs Hydra's own basic sweeper would run; the
+    sweeper is private (hydra._internal), so it is only used here, to check."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dentate_research.cli.train import sweep_jobs
+
+    parsed = OverridesParser.create().parse_overrides(args)
+    assert sweep_jobs(parsed) == [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from dentate_research.evaluation.stats import (
+    ICC_FORMS,
     agreement,
     bland_altman,
     icc,
@@ -71,6 +72,66 @@ def test_icc_rejects_unknown_form_and_too_few_targets():
     with pytest.raises(ValueError, match="targets"):
         icc(_long(SHROUT_FLEISS[:2]), "target", "rater", "rating")
 
+
+# pingouin's intraclass_corr result names by release (read from each release's pingouin/reliability.py)
+_OLD_TYPES = ["ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k"]
+_DESCRIPTIONS = ["Single raters absolute", "Single random raters", "Single fixed raters", "Average raters absolute",
+                 "Average random raters", "Average fixed raters"]
+
+
+def _as_pingouin(table: pd.DataFrame, release: str) -> pd.DataFrame:
+    """pingouin 0.7's intraclass_corr table reshaped as an older release returns it (same numbers)."""
+    if release in ("0.6.1", "0.7"):
+        return table.copy()
+    old = table.copy()
+    old["Type"] = _OLD_TYPES  # 0.5.4 - 0.6.0: Shrout-Fleiss names and a Description column
+    old.insert(1, "Description", _DESCRIPTIONS)
+    return old.rename(columns={"CI95": "CI95%"}) if release in ("0.5.4", "0.5.5") else old
+
+
+@pytest.mark.parametrize("release", ["0.5.4", "0.5.5", "0.6.0", "0.6.1", "0.7"])
+def test_icc_shim_reads_every_allowed_pingouin_release(release, monkeypatch):
+    """Every pingouin that pyproject allows (>= 0.5.4): its row and CI names reach the same ICC(2,1)/ICC(3,1)."""
+    import pingouin as pg
+
+    expected = icc(_long(SHROUT_FLEISS), "target", "rater", "rating", forms=tuple(ICC_FORMS))
+    real = pg.intraclass_corr
+    monkeypatch.setattr(pg, "intraclass_corr", lambda **kw: _as_pingouin(real(**kw), release))
+    got = icc(_long(SHROUT_FLEISS), "target", "rater", "rating", forms=tuple(ICC_FORMS))
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.set_index("form").loc["ICC2", "icc"] == pytest.approx(0.29, abs=0.005)
+
+
+def test_icc_shim_refuses_a_result_it_does_not_know(monkeypatch):
+    import pingouin as pg
+
+    real = pg.intraclass_corr
+    monkeypatch.setattr(pg, "intraclass_corr", lambda **kw: real(**kw).rename(columns={"CI95": "CI"}))
+    with pytest.raises(ValueError, match=r"no CI column \['CI95', 'CI95%'\]"):
+        icc(_long(SHROUT_FLEISS), "target", "rater", "rating")
+    monkeypatch.setattr(pg, "intraclass_corr", lambda **kw: real(**kw).assign(Type=list("abcdef")))
+    with pytest.raises(ValueError, match="unknown Type value"):
+        icc(_long(SHROUT_FLEISS), "target", "rater", "rating")
+
+
+def test_phantom_rater_icc_goes_through_the_shim(monkeypatch):
+    """The phantom generator's rater ICC uses the shared ICC: pingouin 0.5.4's names give the same result."""
+    from types import SimpleNamespace
+
+    import pingouin as pg
+
+    from dentate_research.data.phantom.generate import rater_volume_icc
+
+    results = [SimpleNamespace(case=SimpleNamespace(case_id=f"c{i}"),
+                               volumes_mm3={"rater1": {1: row[0], 2: row[1]}, "rater2": {1: row[2], 2: row[3]}})
+               for i, row in enumerate(SHROUT_FLEISS * 100)]
+    expected = rater_volume_icc(results, "rater1", "rater2")
+    real = pg.intraclass_corr
+    monkeypatch.setattr(pg, "intraclass_corr", lambda **kw: _as_pingouin(real(**kw), "0.5.4"))
+    assert rater_volume_icc(results, "rater1", "rater2") == expected
+    assert expected["n_targets"] == 12 and len(expected["ci95"]) == 2
+    assert expected["ci95"][0] <= expected["icc"] <= expected["ci95"][1]
+    assert rater_volume_icc(results[:1], "rater1", "rater2") is None
 
 def test_pearson_with_fisher_ci():
     rng = np.random.default_rng(3)

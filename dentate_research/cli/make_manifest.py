@@ -3,6 +3,7 @@
 Examples::
 
     python -m dentate_research make-manifest bids/ -o manifest.tsv                     # *_Chimap.nii[.gz]
+    python -m dentate_research make-manifest bids/ --derivatives qsmxt -o manifest.tsv # bids/derivatives/qsmxt/
     python -m dentate_research make-manifest bids/derivatives/qsmxt -o manifest.tsv \\
         --labels "../manual/sub-{sub}/ses-{ses}/anat/sub-{sub}_ses-{ses}_desc-dentate_dseg.nii.gz" --label-map 3:1,4:2
     python -m dentate_research make-manifest scans/ --pattern "*/qsm.nii.gz" --site clinicA -o manifest.tsv
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pattern", default=None,
                         help="glob relative to ROOT instead of the suffix (plain folders: the first folder below "
                              "ROOT names the subject, else the file name)")
+    parser.add_argument("--derivatives", default=None, metavar="NAME",
+                        help="read the maps from ROOT/derivatives/NAME/ (a pipeline's outputs, e.g. qsmxt); without "
+                             "it derivatives/, sourcedata/ and hidden folders of ROOT are skipped")
     parser.add_argument("--labels", default=None,
                         help="manual tracing path template relative to ROOT; placeholders {sub} {ses} {case} {stem}")
     parser.add_argument("--label-map", default=None,
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         path = build_manifest(args.root, args.out, suffix=args.suffix, pattern=args.pattern, labels=args.labels,
                               label_map=args.label_map, rater=args.rater, site_column=args.site_column,
                               site_entity=args.site_entity, site=args.site, units=args.units,
-                              participants=args.participants, overwrite=args.overwrite)
+                              participants=args.participants, derivatives=args.derivatives,
+                              overwrite=args.overwrite)
         cases = read_manifest(path)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

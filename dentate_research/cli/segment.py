@@ -5,6 +5,7 @@ Examples::
     python -m dentate_research segment -i scan.nii.gz -o out/                 # default model
     python -m dentate_research segment -i scans/ -o out/ --model my_model/    # every .nii/.nii.gz in scans/
     python -m dentate_research segment -i a.nii.gz -i b.nii -o out/ --localizer runs/loc --segmenter runs/seg
+    python -m dentate_research segment -i bids/ -o out/ --derivatives qsmxt  # bids/derivatives/qsmxt/*_Chimap.nii
 
 Exit codes (the worst input decides; see the epilog): 0 ok, 2 bad input/usage/existing outputs/unusable output
 location, 3 at least one input failed (no X_seg written), 4 segmentations written but at least one is flagged for
@@ -129,17 +130,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "BIDS dataset of the inputs)")
     parser.add_argument("--suffix", default="Chimap",
                         help="BIDS suffix of the QSM maps when an input folder is a BIDS dataset (default Chimap)")
+    parser.add_argument("--derivatives", default=None, metavar="NAME",
+                        help="input folders are BIDS dataset roots: read their maps from derivatives/NAME/ (a "
+                             "pipeline's outputs, e.g. qsmxt); without it derivatives/, sourcedata/ and hidden "
+                             "folders of a BIDS dataset are skipped")
 
 
-def collect_inputs(paths: list[Path], bids_suffix: str = "Chimap") -> list[Path]:
+def collect_inputs(paths: list[Path], bids_suffix: str = "Chimap", derivatives: str | None = None) -> list[Path]:
     """Expand folders to their .nii/.nii.gz files (sorted); a BIDS dataset folder (``sub-*`` folders or a
-    dataset_description.json) to its ``*_<bids_suffix>`` maps; check files exist and are NIfTI by name."""
+    dataset_description.json) to its ``*_<bids_suffix>`` maps (derivatives/, sourcedata/ and hidden folders
+    skipped), or, with ``derivatives``, every folder to the maps of ``derivatives/<derivatives>/`` in it; check
+    files exist and are NIfTI by name."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir() and ((path / "dataset_description.json").is_file() or any(path.glob("sub-*/"))):
+        if path.is_dir() and (derivatives is not None or (path / "dataset_description.json").is_file()
+                              or any(path.glob("sub-*/"))):
             from dentate_research.data.bids import find_maps
 
-            files.extend(m.path for m in find_maps(path, suffix=bids_suffix))
+            files.extend(m.path for m in find_maps(path, suffix=bids_suffix, derivatives=derivatives))
         elif path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
             if not found:
@@ -285,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     created = not out.exists()
     try:
-        inputs = collect_inputs(list(args.input), getattr(args, "suffix", "Chimap"))
+        inputs = collect_inputs(list(args.input), getattr(args, "suffix", "Chimap"), getattr(args, "derivatives", None))
         check_output_location(out)
         bids_out = getattr(args, "bids_out", None)
         if bids_out is not None and bids_out.exists() and not bids_out.is_dir():

@@ -30,9 +30,13 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dentate_research.schema import CONFIG_DIR, compose, register_configs
 from dentate_research.training.rundir import RunDirError, check_run_dir, remove_if_only_hydra
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 _ARCH_OVERRIDE = re.compile(r"^\+{0,2}arch=")
 _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
@@ -61,10 +65,33 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def sweep_jobs(overrides: list[Override]) -> list[list[str]]:
+    """The jobs of a ``-m`` sweep as Hydra's basic sweeper expands parsed ``overrides``: the cartesian product of the
+    discrete sweeps (``a=1,2``, ``range(...)``, ``choice(...)``), a later override of a key replacing an earlier one.
+
+    Hydra has no public function for this (``BasicSweeper.split_arguments`` is in ``hydra._internal``); this is its
+    expansion written with the public :class:`hydra.core.override_parser.types.Override` methods.
+    """
+    import itertools
+
+    from hydra.errors import HydraException
+
+    per_key: dict[str, list[str]] = {}
+    for o in overrides:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            per_key[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            per_key[key] = [f"{key}={value}" for value in o.sweep_string_iterator()]
+        else:
+            raise HydraException(f"{key}: the basic sweeper cannot enumerate a {o.value_type.name} sweep; use a list "
+                                 "(a=1,2), range(...) or choice(...)")
+    return [list(job) for job in itertools.product(*per_key.values())]
+
+
 def dry_run(argv: list[str], multirun: bool) -> int:
     """Compose every job of ``argv`` (a sweep with ``-m``), print it and, for ``hydra/launcher=slurm``, the sbatch
     script submitit would submit for the whole sweep; nothing is trained or submitted."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -72,10 +99,7 @@ def dry_run(argv: list[str], multirun: bool) -> int:
 
     overrides = [a for a in argv if a not in ("-m", "--multirun") and not _DRY_RUN.match(a)]
     parsed = OverridesParser.create().parse_overrides(overrides)
-    if multirun:
-        jobs = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    else:
-        jobs = [overrides]
+    jobs = sweep_jobs(parsed) if multirun else [overrides]
     cfgs = [compose("train", [*job, "hydra.job.name=train"], return_hydra_config=True) for job in jobs]
     GlobalHydra.instance().clear()
     from omegaconf import OmegaConf

@@ -1,4 +1,4 @@
-"""Atomic file writes and a file lock (stdlib only).
+"""Atomic file writes (stdlib) and a file lock (``filelock``).
 
 Every output file is written under a temporary name in its own folder and then renamed onto its final name
 (``os.replace``, atomic on POSIX within one file system). A reader, a concurrent writer, an interruption (Ctrl-C,
@@ -7,8 +7,9 @@ file, or no file. A SIGKILL can leave a temporary file behind; its name starts w
 (``.tmp-<pid>-<random>-<final name>``, so the extension, and with it the NIfTI/PNG format, is kept) and
 :func:`remove_temp_files` deletes such leftovers.
 
-:func:`file_lock` is an exclusive ``fcntl.flock`` lock on a lock file, released when the block ends or when the
-process dies (also on SIGKILL), used to serialize read-modify-write cycles of shared tables (``volumes.csv``).
+:func:`file_lock` is an exclusive lock on a lock file (``filelock.FileLock``: ``fcntl.flock`` on POSIX,
+``msvcrt.locking`` on Windows), released when the block ends or when the process dies (also on SIGKILL), used to
+serialize read-modify-write cycles of shared tables (``volumes.csv``). Nothing here is POSIX-only at import time.
 
 Example::
 
@@ -20,13 +21,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 TEMP_PREFIX = ".tmp-"
 
@@ -109,14 +111,11 @@ def remove_temp_files(folder: Path | str) -> list[Path]:
 
 @contextlib.contextmanager
 def file_lock(lock_path: Path | str) -> Iterator[Path]:
-    """Hold an exclusive ``fcntl.flock`` lock on ``lock_path`` (created if absent) for the ``with`` block."""
+    """Hold an exclusive lock on ``lock_path`` (created if absent, left in place) for the ``with`` block.
+
+    Every call takes its own lock, so two blocks on one path exclude each other also within one process (threads
+    included), as ``flock`` on separate descriptors does; waits as long as another holder keeps it."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(lock_path, mode=0o644):
         yield lock_path
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

@@ -1,10 +1,15 @@
 """Build a case manifest from users' own data: a BIDS dataset / QSM-pipeline derivatives, or a plain folder.
 
 Susceptibility maps are found by their BIDS suffix, ``Chimap`` (the BIDS quantitative-MRI suffix for QSM, defined
-in ppm: bids-specification ``src/schema/objects/suffixes.yaml``), or by a glob pattern. Subject, session and the
-other entities come from the BIDS file name (``sub-01_ses-2_acq-x_Chimap.nii.gz``); age, sex, group and site from
+in ppm: bids-specification ``src/schema/objects/suffixes.yaml``), or by a glob pattern. Walking a dataset root skips
+``derivatives/``, ``sourcedata/`` and hidden folders (BIDS keeps pipeline outputs and raw source files there);
+``derivatives="qsmxt"`` (``--derivatives qsmxt``) reads the maps of one pipeline instead, from
+``<root>/derivatives/qsmxt/`` (QSMxT: ``sub-*/[ses-*/]anat/*_Chimap.nii``). Subject, session and the other
+entities come from the BIDS file name (``sub-01_ses-2_acq-x_Chimap.nii.gz``); age, sex, group and site from
 ``participants.tsv`` (found in the given folder or, for ``derivatives/<pipeline>``, in the dataset root above);
-field strength from the JSON sidecar (``MagneticFieldStrength``) when there is one.
+field strength (``MagneticFieldStrength``) from the JSON sidecars by the BIDS inheritance principle
+(:func:`sidecar_metadata`: the sidecar next to the map, then those of the session, subject and dataset root
+folders whose entities are a subset of the map's; the closest wins).
 
 Manual tracings made in ITK-SNAP or 3D Slicer are attached by a path template (``{sub}``, ``{ses}``, ``{case}``,
 ``{stem}`` placeholders) and their label values remapped to ours (1 = left DN, 2 = right DN in world RAS) with a
@@ -37,6 +42,8 @@ from .units import UNIT_TO_PPM
 QSM_SUFFIX = "Chimap"
 # entities that identify one scan; any other entity (rec, desc, space, ...) distinguishes maps OF a scan
 SCAN_ENTITIES = ("sub", "ses", "acq", "run")
+# folders a walk of a dataset root never enters (BIDS: pipeline outputs, unconverted source data); hidden ones too
+SKIPPED_FOLDERS = ("derivatives", "sourcedata")
 PPM_PLAUSIBLE_MAX = 1.5  # 99.5th percentile of |value| over non-zero voxels, ppm
 UNITS = tuple(unit for unit in UNIT_TO_PPM if unit)  # ('ppm', 'ppb'): what the manifest's units column converts
 _ENTITY = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9]+)$")
@@ -76,19 +83,63 @@ def parse_entities(path: Path) -> dict[str, str]:
     return out
 
 
-def find_maps(root: Path, *, suffix: str = QSM_SUFFIX, pattern: str | None = None) -> list[FoundMap]:
-    """Susceptibility maps under ``root``: ``*_<suffix>.nii[.gz]`` (BIDS) or the glob ``pattern``."""
+def _skipped(rel: Path, allowed: set[str]) -> bool:
+    """True if a folder of ``rel`` (a path below the walked root) is derivatives/, sourcedata/ or hidden, unless the
+    user's pattern names that folder literally (``allowed``)."""
+    return any((part in SKIPPED_FOLDERS or part.startswith(".")) and part not in allowed for part in rel.parts[:-1])
+
+
+def pipelines(root: Path) -> list[str]:
+    """Names of the pipeline folders in ``<root>/derivatives/`` (hidden ones excluded; [] without the folder)."""
+    folder = Path(root) / "derivatives"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+
+
+def derivatives_root(root: Path, name: str) -> Path:
+    """``<root>/derivatives/<name>``, the dataset of one pipeline (e.g. ``qsmxt``); DataError naming the path and the
+    pipelines present when it does not exist."""
+    root = Path(root)
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise DataError(f"--derivatives '{name}': not a folder name; allowed: the name of one folder under "
+                        f"{root / 'derivatives'} (e.g. qsmxt)")
+    folder = root / "derivatives" / name
+    if not folder.is_dir():
+        present = pipelines(root)
+        raise DataError(f"{folder}: derivatives folder not found; "
+                        + (f"available under {root / 'derivatives'}: {present}" if present else
+                           f"{root} has no derivatives/ folder (give the BIDS dataset root holding derivatives/)"))
+    return folder
+
+
+def find_maps(root: Path, *, suffix: str = QSM_SUFFIX, pattern: str | None = None,
+              derivatives: str | None = None) -> list[FoundMap]:
+    """Susceptibility maps under ``root``: ``*_<suffix>.nii[.gz]`` (BIDS) or the glob ``pattern``.
+
+    The walk skips ``derivatives/``, ``sourcedata/`` and hidden folders (a ``pattern`` may still name one of them
+    literally); ``derivatives``: search ``<root>/derivatives/<derivatives>/`` instead (:func:`derivatives_root`).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
+    if derivatives is not None:
+        root = derivatives_root(root, derivatives)
     if pattern:
+        allowed = {part for part in Path(pattern).parts if not any(c in part for c in "*?[")}
         paths = [p for p in root.glob(pattern) if p.is_file() and str(p).endswith(NIFTI_SUFFIXES)]
         how = f"pattern '{pattern}'"
     else:
+        allowed = set()
         paths = [p for s in NIFTI_SUFFIXES for p in root.rglob(f"*_{suffix}{s}") if p.is_file()]
         how = f"BIDS suffix '_{suffix}' (.nii/.nii.gz)"
+    paths = [p for p in paths if not p.is_relative_to(root) or not _skipped(p.relative_to(root), allowed)]
     if not paths:
-        raise DataError(f"{root}: no susceptibility map found by {how}; use --suffix or --pattern")
+        hint = "use --suffix or --pattern"
+        present = pipelines(root) if derivatives is None else []
+        if present:
+            hint += f", or read a pipeline's maps with --derivatives NAME (derivatives/ holds {present})"
+        raise DataError(f"{root}: no susceptibility map found by {how} (derivatives/, sourcedata/ and hidden folders "
+                        f"are skipped); {hint}")
     found = []
     for p in sorted(set(paths)):
         entities = parse_entities(p)
@@ -202,16 +253,59 @@ def check_units(path: Path, units: str | None) -> str:
     return "ppm"
 
 
-def _sidecar_field_strength(path: Path) -> str:
+def _split_name(name: str) -> tuple[dict[str, str], str] | None:
+    """(entities, suffix) of a BIDS file stem (``sub-01_ses-1_Chimap`` -> ({sub: 01, ses: 1}, Chimap)); None when
+    the stem is not ``[key-value_]*suffix``."""
+    *pairs, suffix = name.split("_")
+    entities: dict[str, str] = {}
+    for part in pairs:
+        m = _ENTITY.match(part)
+        if not m or m.group(1) in entities:
+            return None
+        entities[m.group(1)] = m.group(2)
+    return (entities, suffix) if suffix and "-" not in suffix else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: a sidecar must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def sidecar_metadata(path: Path, top: Path) -> dict:
+    """BIDS sidecar metadata of ``path`` by the inheritance principle: every ``[entities_]<suffix>.json`` in the
+    map's folder and its parents up to ``top`` (the dataset root) whose entities are a subset of the map's, merged
+    with the closest file winning each key (in one folder, the one with more entities wins). A file that is not
+    BIDS-named (no ``sub-`` entity: plain folders) gets only the same-name JSON next to it."""
+    path, top = Path(path), Path(top)
     stem = FoundMap(path).stem
-    sidecar = path.with_name(stem + ".json")
-    if sidecar.is_file():
-        try:
-            value = json.loads(sidecar.read_text()).get("MagneticFieldStrength")
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{sidecar}: not valid JSON ({exc})") from exc
-        return "" if value is None else str(value)
-    return ""
+    parsed = _split_name(stem)
+    if parsed is None or "sub" not in parsed[0]:
+        sidecar = path.with_name(stem + ".json")
+        return _read_json(sidecar) if sidecar.is_file() else {}
+    entities, suffix = parsed
+    folders = [path.parent]
+    if path.parent.is_relative_to(top):
+        folders += [f for f in path.parent.parents if f.is_relative_to(top)]
+    merged: dict = {}
+    for folder in reversed(folders):  # dataset root first, the map's folder last: closer files override
+        applicable = []
+        for candidate in folder.glob(f"*{suffix}.json"):
+            found = _split_name(candidate.name[: -len(".json")])
+            if found and found[1] == suffix and all(entities.get(k) == v for k, v in found[0].items()):
+                applicable.append((len(found[0]), candidate.name, candidate))
+        for _, _, candidate in sorted(applicable):
+            merged.update(_read_json(candidate))
+    return merged
+
+
+def _sidecar_field_strength(path: Path, top: Path) -> str:
+    value = sidecar_metadata(path, top).get("MagneticFieldStrength")
+    return "" if value is None else str(value)
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:
@@ -228,7 +322,7 @@ def build_manifest(root: Path | str, out: Path | str, *, suffix: str = QSM_SUFFI
                    labels: str | None = None, label_map: str | None = None, rater: str = "manual",
                    site_column: str = "site", site_entity: str | None = None, site: str | None = None,
                    units: str | None = None, participants: Path | str | None = None,
-                   overwrite: bool = False) -> Path:
+                   derivatives: str | None = None, overwrite: bool = False) -> Path:
     """Write a manifest TSV for the maps under ``root`` and return its path.
 
     Args:
@@ -242,14 +336,17 @@ def build_manifest(root: Path | str, out: Path | str, *, suffix: str = QSM_SUFFI
             such as ``acq``, or one name for all); the first one available wins in the order site, site_entity,
             site_column.
         units: image units if not ppm (``ppb``); without it, maps implausible for ppm are refused.
-        participants: participants.tsv (default: found in ``root`` or the dataset root above it).
+        participants: participants.tsv (default: found in the maps' dataset or the dataset root above it).
+        derivatives: read the maps from ``<root>/derivatives/<derivatives>/`` (e.g. ``qsmxt``); without it the walk
+            of ``root`` skips derivatives/, sourcedata/ and hidden folders.
         overwrite: replace an existing manifest and remapped tracings (refused otherwise).
     """
     root, out = Path(root).resolve(), Path(out).resolve()
     if out.exists() and not overwrite:
         raise DataError(f"{out}: manifest exists; pass overwrite (--overwrite) to replace it")
-    maps = find_maps(root, suffix=suffix, pattern=pattern)
-    part_path = Path(participants) if participants else find_participants(root)
+    maps = find_maps(root, suffix=suffix, pattern=pattern, derivatives=derivatives)
+    maps_root = derivatives_root(root, derivatives) if derivatives is not None else root
+    part_path = Path(participants) if participants else find_participants(maps_root)
     part = read_participants(part_path) if part_path else None
     mapping = parse_label_map(label_map) if label_map else None
     label_files: dict[str, Path] = {}
@@ -289,7 +386,7 @@ def build_manifest(root: Path | str, out: Path | str, *, suffix: str = QSM_SUFFI
                             f"{'has no column ' + repr(site_column) if part is not None else 'not found'}; give "
                             "--site-column COLUMN, --site-entity ENTITY (e.g. acq) or --site NAME")
         meta["units"] = check_units(m.path, units)
-        meta.setdefault("field_strength", _sidecar_field_strength(m.path))
+        meta.setdefault("field_strength", _sidecar_field_strength(m.path, maps_root))
         zooms = nib.load(str(m.path)).header.get_zooms()[:3]
         meta["voxel_size"] = ",".join(f"{z:g}" for z in zooms)
         meta["source"] = str(m.path.relative_to(root)) if m.path.is_relative_to(root) else str(m.path)

@@ -1,33 +1,27 @@
 """Statistics on the per-case long table: summaries, ICC, Pearson r, Bland-Altman, paired comparisons.
 
 Conventions: ICC forms are always named. ICC(2,1) = two-way random effects, absolute agreement, single rater
-(pingouin < 0.7 ``Type == 'ICC2'``, pingouin 0.7 ``'ICC(A,1)'``) is the primary form; ICC(3,1) = two-way
+(pingouin <= 0.6.0 ``Type == 'ICC2'``, pingouin >= 0.6.1 ``'ICC(A,1)'``) is the primary form; ICC(3,1) = two-way
 mixed, consistency, single rater (``'ICC3'`` / ``'ICC(C,1)'``) is reported too. 95 % confidence intervals come
-from pingouin (F-distribution based, rounded by pingouin to 2 decimals). Pearson r has a Fisher-z 95 % CI
-(scipy). Paired comparisons give the paired t-test and the Wilcoxon signed-rank test with effect sizes Cohen's
-d_z (mean difference / SD of differences) and the matched-pairs rank-biserial correlation.
+from pingouin (F-distribution based, rounded by pingouin to 2 decimals); :func:`icc` and its pingouin-version
+shim live in :mod:`dentate_research.data.icc` (shared with the phantom generator) and are re-exported here.
+Pearson r has a Fisher-z 95 % CI (scipy). Paired comparisons give the paired t-test and the Wilcoxon signed-rank
+test with effect sizes Cohen's d_z (mean difference / SD of differences) and the matched-pairs rank-biserial
+correlation.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..data.icc import ICC_FORMS, PINGOUIN_TYPES, icc  # noqa: F401  (re-exported)
+
 DEFAULT_SUMMARY_METRICS = ("dice", "hd95_mm", "assd_mm", "volume_pred_mm3", "volume_ref_mm3", "chi_pred_ppm",
                            "chi_ref_ppm")
-ICC_FORMS = {"ICC1": "ICC(1,1) one-way random, single rater",
-             "ICC2": "ICC(2,1) two-way random, absolute agreement, single rater",
-             "ICC3": "ICC(3,1) two-way mixed, consistency, single rater",
-             "ICC1k": "ICC(1,k) one-way random, mean of k raters",
-             "ICC2k": "ICC(2,k) two-way random, absolute agreement, mean of k raters",
-             "ICC3k": "ICC(3,k) two-way mixed, consistency, mean of k raters"}
-# Shrout-Fleiss name -> pingouin >= 0.7 'Type' (McGraw-Wong notation); older pingouin used the left names
-PINGOUIN_TYPES = {"ICC1": "ICC(1,1)", "ICC2": "ICC(A,1)", "ICC3": "ICC(C,1)", "ICC1k": "ICC(1,k)",
-                  "ICC2k": "ICC(A,k)", "ICC3k": "ICC(C,k)"}
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("method", "reference", "side"),
@@ -72,49 +66,6 @@ def format_mean_sd(mean: float, sd: float, digits: int = 2) -> str:
     if sd is None or not np.isfinite(sd):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def icc(data: pd.DataFrame, targets: str, raters: str, ratings: str,
-        forms: Sequence[str] = ("ICC2", "ICC3")) -> pd.DataFrame:
-    """Intraclass correlation (pingouin) on long data; one row per requested form.
-
-    Args:
-        data: long table, one row per (target, rater) rating; targets with a missing rating are dropped
-            (pingouin needs a complete design) and the number kept is reported in ``n_targets``.
-        targets / raters / ratings: column names (e.g. 'case', 'rater', 'volume_mm3').
-        forms: Shrout-Fleiss names: 'ICC2' (= ICC(2,1), pingouin 0.7 'ICC(A,1)', primary) and 'ICC3'
-            (= ICC(3,1), 'ICC(C,1)'); also 'ICC1', 'ICC1k', 'ICC2k', 'ICC3k'.
-
-    pingouin rounds the CI bounds to 2 decimals.
-
-    Returns columns form (Shrout-Fleiss name), form_name, icc, ci95_low, ci95_high, F, pval, n_targets, n_raters.
-    """
-    import pingouin as pg
-
-    clean = data[[targets, raters, ratings]].dropna()
-    wide = clean.pivot_table(index=targets, columns=raters, values=ratings, aggfunc="first").dropna()
-    n_targets, n_raters = wide.shape
-    if n_raters < 2 or n_targets < 3:
-        raise ValueError(f"ICC needs >= 2 raters and >= 3 targets with complete ratings; got {n_raters} raters "
-                         f"and {n_targets} targets in column '{ratings}'")
-    long = wide.reset_index().melt(id_vars=targets, var_name=raters, value_name=ratings)
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        # perfect agreement divides by a zero error mean square (pingouin then returns ICC 1 / NaN CI);
-        # pingouin 0.7 also uses a pandas keyword that pandas 3 deprecates
-        warnings.simplefilter("ignore")
-        res = pg.intraclass_corr(data=long, targets=targets, raters=raters, ratings=ratings)
-    res = res.set_index("Type")
-    rows = []
-    for form in forms:
-        if form not in ICC_FORMS:
-            raise ValueError(f"unknown ICC form '{form}'; allowed: {list(ICC_FORMS)}")
-        ptype = PINGOUIN_TYPES[form] if PINGOUIN_TYPES[form] in res.index else form
-        r = res.loc[ptype]
-        lo, hi = (float(v) for v in (r["CI95"] if "CI95" in r else r["CI95%"]))
-        rows.append({"form": form, "form_name": ICC_FORMS[form],
-                     "icc": float(r["ICC"]), "ci95_low": lo, "ci95_high": hi, "F": float(r["F"]),
-                     "pval": float(r["pval"]), "n_targets": n_targets, "n_raters": n_raters})
-    return pd.DataFrame(rows)
 
 
 def icc_two_columns(a: Sequence[float], b: Sequence[float], forms: Sequence[str] = ("ICC2", "ICC3")

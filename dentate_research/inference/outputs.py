@@ -34,7 +34,7 @@ Guarantees (interruption, concurrency, resume):
   (``outputs``) and its ``volumes.csv`` row (``volumes_row``). An error or interruption while a case is written
   removes what that case wrote so far; a case folder without a finished metadata JSON (SIGKILL) is *partial*
   (:func:`case_state`) and is cleaned and redone by ``segment --resume``;
-* ``volumes.csv`` is only rewritten under an ``fcntl`` lock (``out/.volumes.csv.lock``), atomically, so
+* ``volumes.csv`` is only rewritten under a file lock (``out/.volumes.csv.lock``), atomically, so
   concurrent ``segment`` processes writing into one folder lose no row; :func:`rebuild_volumes_table` adds the
   rows of every complete case from its metadata record (after an interruption, or for cases skipped by
   ``--resume``).

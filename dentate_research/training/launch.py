@@ -90,6 +90,10 @@ def make_executor(launcher_cfg: Mapping[str, Any], folder: str | Path | None = N
 def sbatch_script(executor: Any, n_jobs: int) -> str:
     """The sbatch file submitit submits for ``n_jobs`` jobs of ``executor`` (a Slurm executor): the same text its
     ``map_array`` writes (an ``--array=0-(n-1)%parallelism`` job when n > 1), nothing is submitted."""
+    # Private submitit API, kept on purpose: submitit (1.5) has no public way to render the sbatch file without
+    # submitting it. AutoExecutor exposes its cluster executor only as ``_executor``, and SlurmExecutor writes the
+    # file with the module function ``_make_sbatch_string`` and its ``_submitit_command_str`` property; pyproject pins
+    # submitit to 1.5.x and tests/test_scale_out.py checks the script this returns.
     from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
 
     inner = getattr(executor, "_executor", executor)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.atomic import write_text_atomic
 from ..data.io import DataError
 from ..data.labels import swap_left_right_labels
 from ..data.nnunet_export import dataset_folder_name as dataset_name
@@ -41,6 +43,17 @@ NNUNET_CONFIGURATION = "dentate"
 PLANS_NAME = "nnUNetPlans"
 _N_PROC_DA = "nnUNet_n_proc_DA"  # nnU-Net's variable name (mixed case)
 CHECKPOINTS = {"best": "checkpoint_best.pth", "final": "checkpoint_final.pth"}
+
+
+def _load_json(path: Path | str) -> Any:
+    """A JSON file of nnU-Net's (plans, dataset.json, splits)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _save_json(data: Any, path: Path | str, sort_keys: bool = True) -> None:
+    """Write JSON as nnU-Net writes it (indent 4, sorted keys unless told), atomically."""
+    write_text_atomic(path, json.dumps(data, indent=4, sort_keys=sort_keys))
 
 
 @contextlib.contextmanager
@@ -154,7 +167,6 @@ def add_custom_configuration(plans: dict, patch_size_xyz: Sequence[int], batch_s
 def plan_and_preprocess(dataset_id: int, patch_size_xyz: Sequence[int], batch_size: int,
                         arch_kwargs: dict[str, Any], num_processes: int = 2) -> dict:
     """nnU-Net fingerprint + planning + 3d_fullres preprocessing; returns the plans with our configuration."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
@@ -176,15 +188,15 @@ def plan_and_preprocess(dataset_id: int, patch_size_xyz: Sequence[int], batch_si
         if n_da is not None:
             os.environ[_N_PROC_DA] = n_da
     plans_file = Path(str(nnUNet_preprocessed)) / name / f"{PLANS_NAME}.json"
-    plans = load_json(str(plans_file))
+    plans = _load_json(plans_file)
     plans = add_custom_configuration(plans, patch_size_xyz, batch_size, arch_kwargs.get("n_stages"),
                                      arch_kwargs.get("features_base"), arch_kwargs.get("max_features"))
-    save_json(plans, str(plans_file), sort_keys=False)
+    _save_json(plans, plans_file, sort_keys=False)
 
     # preprocessing, in-process (nnU-Net's own run() would start a spawn pool for a handful of small cases)
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration("3d_fullres")
-    dataset_json = load_json(str(Path(str(nnUNet_preprocessed)) / name / "dataset.json"))
+    dataset_json = _load_json(Path(str(nnUNet_preprocessed)) / name / "dataset.json")
     out_dir = Path(str(nnUNet_preprocessed)) / name / configuration.data_identifier
     out_dir.mkdir(parents=True, exist_ok=True)
     files = get_filenames_of_train_images_and_targets(str(Path(str(nnUNet_raw)) / name), dataset_json)
@@ -285,8 +297,6 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         raise DataError(f"nnunet: duplicate case IDs across train/val: {sorted({i for i in ids if ids.count(i) > 1})}")
     main = dist is None or dist.is_main
     with nnunet_environment(root, n_proc_DA, n_proc):
-        from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
-
         dname = dataset_name(dataset_id, name)
         preprocessed = root / "preprocessed" / dname
         plans_file = preprocessed / f"{PLANS_NAME}.json"
@@ -295,10 +305,10 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
                 write_raw_dataset(root / "raw", dataset_id, name, list(train_samples) + list(val_samples), classes)
                 plan_and_preprocess(dataset_id, patch_size, batch_size, arch_kwargs, n_proc)
             if main:  # our subject-level split; nnU-Net never creates one (or asks for one)
-                save_json([{"train": [s.case_id for s in train_samples], "val": [s.case_id for s in val_samples]}],
-                          str(preprocessed / "splits_final.json"))
-        plans = load_json(str(plans_file))
-        dataset_json = load_json(str(preprocessed / "dataset.json"))
+                _save_json([{"train": [s.case_id for s in train_samples], "val": [s.case_id for s in val_samples]}],
+                           preprocessed / "splits_final.json")
+        plans = _load_json(plans_file)
+        dataset_json = _load_json(preprocessed / "dataset.json")
 
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -358,7 +368,6 @@ def build_nnunet_predictor(run_dir: Path, card: Any, device: torch.device, check
     """
     nn = card.nnunet
     with nnunet_environment(None, 0, 2):
-        from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -369,8 +378,8 @@ def build_nnunet_predictor(run_dir: Path, card: Any, device: torch.device, check
         ckpt_path = Path(run_dir) / rel
         if not ckpt_path.exists():
             raise DataError(f"{ckpt_path}: nnU-Net checkpoint not found in run directory {run_dir}")
-        plans = load_json(str(Path(run_dir) / nn["plans"]))
-        dataset_json = load_json(str(Path(run_dir) / nn["dataset_json"]))
+        plans = _load_json(Path(run_dir) / nn["plans"])
+        dataset_json = _load_json(Path(run_dir) / nn["dataset_json"])
         plans_manager = PlansManager(plans)
         configuration = plans_manager.get_configuration(nn["configuration"])
         n_in = determine_num_input_channels(plans_manager, configuration, dataset_json)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -354,22 +353,21 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
 
 
 def rater_volume_icc(results: list[CaseResult], rater_a: str, rater_b: str) -> dict[str, float] | None:
-    """ICC(2,1) (pingouin Type 'ICC(A,1)': two-way random, absolute agreement, single rater) of DN volume
-    per side between two tracings, over the cases that have both; None with fewer than 3 targets."""
+    """ICC(2,1) (two-way random, absolute agreement, single rater; pingouin Type 'ICC(A,1)' or 'ICC2' by version)
+    of DN volume per side between two tracings, over the cases that have both; None with fewer than 3 targets.
+    Computed by :func:`dentate_research.data.icc.icc` (= ``evaluation.stats.icc``, with its pingouin shim)."""
     import pandas as pd
-    import pingouin as pg
+
+    from ..icc import icc
 
     rows = [{"target": f"{r.case.case_id}_{side}", "rater": rater, "volume": r.volumes_mm3[rater][side]}
             for r in results if rater_a in r.volumes_mm3 and rater_b in r.volumes_mm3
             for rater in (rater_a, rater_b) for side in DN_SIDES]
     if len(rows) < 6:
         return None
-    with warnings.catch_warnings():  # pingouin 0.7 uses pandas APIs that pandas 3 deprecates
-        warnings.simplefilter("ignore")
-        table = pg.intraclass_corr(pd.DataFrame(rows), targets="target", raters="rater", ratings="volume")
-    row = table.loc[table["Type"] == "ICC(A,1)"].iloc[0]
-    return {"icc": round(float(row["ICC"]), 3), "ci95": [float(x) for x in row["CI95"]],
-            "n_targets": len(rows) // 2}
+    row = icc(pd.DataFrame(rows), targets="target", raters="rater", ratings="volume", forms=("ICC2",)).iloc[0]
+    return {"icc": round(float(row["icc"]), 3), "ci95": [float(row["ci95_low"]), float(row["ci95_high"])],
+            "n_targets": int(row["n_targets"])}
 
 
 def dataset_statistics(results: list[CaseResult]) -> dict[str, object]:
