@@ -137,7 +137,8 @@ def test_lateral_distance_from_cerebellar_midline(x_mm, flagged):
 def test_dn_outside_the_cerebellum_box_is_flagged():
     above = {LEFT_DN: (-14.0, -61.0, -12.0), RIGHT_DN: GOOD_CENTRES[RIGHT_DN]}  # 8 mm above the box (top z = -19)
     flags, qc = check(dn_labels(above))
-    assert flags == ["left_dn_outside_cerebellum_box:z"] and qc["left"]["position_in_cerebellum"]["z"] > 1.0
+    assert flags[0] == "left_dn_outside_cerebellum_box:z" and qc["left"]["position_in_cerebellum"]["z"] > 1.0
+    assert flags[1:] == [f"dn_pair_asymmetric:dz={qc['pair_symmetry']['dz_mm']:.1f}mm"]  # 28 mm above its twin
     inside_top = {LEFT_DN: (-14.0, -61.0, -27.0), RIGHT_DN: GOOD_CENTRES[RIGHT_DN]}  # normalized z ~0.85
     assert check(dn_labels(inside_top))[0] == []
 
@@ -151,10 +152,20 @@ def test_normalized_position_in_cerebellum(centre, expected):
     if expected is None:
         assert flags == [], flags
     else:
-        assert names(flags) == {"left_dn_position_implausible"}, flags
+        assert names(flags) == {"left_dn_position_implausible", "dn_pair_asymmetric"}, flags  # 20-33 mm off its twin
         assert expected in flags[0]
         axis = expected[0]
         assert flags[0].endswith(f"{axis}={position[axis]:.2f}") and position[axis] < 0.3
+
+
+@pytest.mark.parametrize(("left_centre", "flag"), [((-14.0, -77.0, -40.25), "dn_pair_asymmetric:dy=16.0mm"),
+                                                   ((-6.0, -61.0, -40.25), "dn_pair_asymmetric:lateral=16.0mm")])
+def test_a_pair_that_does_not_mirror_itself_is_flagged(left_centre, flag):
+    """Each nucleus alone is plausible (volume, offset 6-30 mm, position), but not as the partner of the other."""
+    right = (22.0, -61.0, -40.25) if "lateral" in flag else GOOD_CENTRES[RIGHT_DN]
+    flags, qc = check(dn_labels({LEFT_DN: left_centre, RIGHT_DN: right}))
+    assert flags == [flag], flags
+    assert check(dn_labels({LEFT_DN: (-14.0, -70.0, -36.0), RIGHT_DN: GOOD_CENTRES[RIGHT_DN]}))[0] == []  # 9 / 4 mm
 
 
 def test_custom_thresholds_and_validation():

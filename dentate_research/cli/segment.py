@@ -62,7 +62,8 @@ failure policy (never a silent empty mask):
           written, X_metadata.json has "status": "failed" and "failure_reason", volumes.csv a 'failed' row
   exit 4  segmentations written but FLAGGED for review ("status": "flagged", "flags" in X_metadata.json and
           volumes.csv): left_dn_empty / right_dn_empty, cerebellum_touches_fov:<faces>,
-          dn_touches_crop_border:<faces>, dn_same_hemisphere, nonfinite_voxels_in_dn:<n> (NaN/Inf voxels inside
+          dn_touches_crop_border:<faces>, dn_same_hemisphere, dn_sides_from_one_component:<how> (no two separate
+          nuclei found: one blob was cut into left and right), nonfinite_voxels_in_dn:<n> (NaN/Inf voxels inside
           the DN: excluded from the mean susceptibility, counted in <side>_nonfinite_voxels), and the plausibility QC
           (dentate_research.inference.qc, default thresholds; <side> = left/right):
             <side>_dn_volume_implausible:<V>mm3        DN volume outside 250-2500 mm^3
@@ -71,6 +72,9 @@ failure policy (never a silent empty mask):
             <side>_dn_outside_cerebellum_box:<axes>    DN centroid outside the cerebellar mask's bounding box
             <side>_dn_position_implausible:y=..,z=..   DN centroid not in the anterior, mid-height part of that
                                                        box (normalized y 0.30-0.95, z 0.25-0.90)
+            dn_pair_asymmetric:dy=..mm,dz=..mm,lateral=..mm  the two nuclei do not mirror each other: centroids
+                                                       > 14 mm apart in y or z, or distances from the
+                                                       midline differing by > 14 mm
             <side>_dn_low_confidence:mean=..,uncertain=..  segmenter DN-vs-background probability inside the
                                                        DN: mean below 0.80 or over 40 % of voxels below 0.70
                                                        (only models that expose probabilities)

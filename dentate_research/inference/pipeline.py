@@ -7,10 +7,11 @@ Pipeline for one QSM volume (any stored orientation; the work happens in canonic
 2. Bounding box of the mask grown by ``margin_mm`` (mm) and enlarged to at least ``min_crop_mm`` (default: one
    segmentation patch in mm), clipped to the field of view.
 3. Crop, then ``segmenter.predict`` (sliding window with Gaussian blending inside the StageModel) -> 0/1/2.
-4. Post-processing: every DN voxel takes the side of the cerebellar midline (mask centroid, world x) it lies
-   on, so left/right never depend on the network telling them apart
-   (:func:`~dentate_research.data.postprocess.assign_sides_by_world`; the agreement with the network's
-   own labels is reported); then the largest connected component per side.
+4. Post-processing: sides per connected DN component from world geometry
+   (:func:`~dentate_research.data.postprocess.assign_sides_by_components`: of the two nuclei found, the one at
+   smaller world x is the left; the cerebellar midline only places a lone nucleus), so left/right never depend on
+   the network telling them apart (the agreement with the network's own labels is reported); one component per
+   side is kept.
 5. Uncrop to the exact input grid.
 
 Everything here runs in memory and returns a :class:`SegmentationResult` (or raises :class:`SegmentationError`);
@@ -25,6 +26,7 @@ Failure is loud, never a silent empty mask:
   ``left_dn_empty`` / ``right_dn_empty``, ``cerebellum_touches_fov:<faces>`` (the localized region reaches
   the image border, the crop may miss part of the cerebellum), ``dn_touches_crop_border:<faces>``,
   ``dn_same_hemisphere`` (both DN centroids on one side of the cerebellar midline),
+  ``dn_sides_from_one_component:<how>`` (no two separate nuclei were found; one component was cut in two),
   ``nonfinite_voxels_in_dn:<n>`` (NaN/inf voxels inside the DN: counted per side in the statistics as
   ``<side>_nonfinite_voxels`` and excluded from the mean susceptibility).
 * Plausibility QC after post-processing (:mod:`dentate_research.inference.qc`, thresholds
@@ -359,6 +361,8 @@ class DentatePredictor:
         flags.extend(f"{side}_dn_empty" for side in report.empty_sides)
         if report.same_hemisphere:
             flags.append("dn_same_hemisphere")
+        if report.side_evidence.startswith("split_at_"):  # both sides cut out of one blob: no nucleus pair found
+            flags.append(f"dn_sides_from_one_component:{report.side_evidence}")
         dn_box = bbox_from_mask(cropped_labels > 0, cropped.affine, 0.0)
         dn_faces = [] if dn_box is None else dn_box.touches_border(cropped.shape)
         if dn_faces:

@@ -21,7 +21,7 @@ Flags (``<side>`` = ``left`` / ``right``; the text after ``:`` is the measured v
     728 mm^3) beside a right DN of 664 mm^3, ratio 2.18.
 ``<side>_dn_lateral_offset_implausible:<D>mm``
     distance in world x between the DN centroid and the cerebellar midline (world x of the localizer mask's
-    centroid, the same midline that assigns the sides) outside [``min_lateral_mm``, ``max_lateral_mm``] = [5, 30]
+    centroid, the same midline that places a lone nucleus) outside [``min_lateral_mm``, ``max_lateral_mm``] = [5, 30]
     mm. Sources: DN centres of mass at x = -13.8 / +13.8 mm in MNI space, large inter-subject variability;
     phantom truth (``tiny`` preset, seeds 0-3, 48 cases, 96 nuclei, true labels and cerebellum masks)
     7.6-19.7 mm, mean 14.2, SD 2.4.
@@ -38,6 +38,15 @@ Flags (``<side>`` = ``left`` / ``right``; the text after ``:`` is the measured v
     previously shipped default model on phantoms and on the tests' synthetic family, the tests' toy model on toy
     scans). The ranges are the truth extremes widened by about 0.2 (covering those shifts) and end short of the
     box edges.
+``dn_pair_asymmetric:<measure>=<D>mm,...``
+    the two nuclei are not where a left/right pair lies: their centroids differ by more than
+    ``max_pair_offset_mm`` in world y (anterior-posterior) or z (superior-inferior), or their distances from the
+    cerebellar midline differ by more than ``max_lateral_asymmetry_mm``. A well-found pair mirrors itself across
+    the midline; a side whose label lies on a vein, on a neighbouring nucleus or only on part of the DN breaks that
+    symmetry although its own volume and position are plausible. Measured with true labels and true cerebellum
+    masks on the development sites of the ``cpu`` and ``hard`` phantom presets (140 scans, head tilt up to 15
+    degrees): |dy| at most 10.8 mm, |dz| 9.2 mm, lateral asymmetry 11.1 mm; the limits (14 mm each) add ~3 mm for
+    the localizer's coarse midline.
 ``<side>_dn_low_confidence:mean=<m>,uncertain=<f>``
     the segmenter's confidence inside a side's final DN voxels: mean below ``min_mean_confidence`` = 0.80, or
     more than ``max_uncertain_fraction`` = 0.40 of the voxels below ``uncertain_probability`` = 0.70. The
@@ -66,8 +75,12 @@ import numpy as np
 
 from dentate_research.data.labels import DN_SIDES
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, SIDE_NAMES, world_centroid
+from dentate_research.data.postprocess import MAX_PAIR_OFFSET_MM, MAX_PAIR_VOLUME_RATIO
 
 AXES = ("x", "y", "z")
+# True labels and true cerebellum masks, development sites of the cpu and hard presets (140 scans; siteH/siteI not
+# read): lateral asymmetry median 2.2, max 11.1 mm; the limit adds ~3 mm (a localizer's 4 mm mask moves the midline).
+LATERAL_ASYMMETRY_MM = 14.0
 QC_PASS, QC_PASS_NO_CONFIDENCE, QC_FLAGGED, QC_FAILED = "pass", "pass_without_confidence", "flagged", "failed"
 
 
@@ -84,11 +97,14 @@ class QCThresholds:
         min_mean_confidence: lowest allowed mean segmenter confidence inside a side's DN voxels.
         uncertain_probability: a DN voxel whose confidence is below this is "uncertain".
         max_uncertain_fraction: highest allowed fraction of uncertain voxels in a side's DN.
+        max_pair_offset_mm: largest allowed |difference| of the two DN centroids in world y and in world z (mm).
+        max_lateral_asymmetry_mm: largest allowed |difference| of the two DN centroids' distances from the
+            cerebellar midline (mm).
     """
 
     min_volume_mm3: float = 250.0
     max_volume_mm3: float = 2500.0
-    max_volume_ratio: float = 2.0
+    max_volume_ratio: float = MAX_PAIR_VOLUME_RATIO
     min_lateral_mm: float = 5.0
     max_lateral_mm: float = 30.0
     position_y_range: tuple[float, float] = (0.30, 0.95)
@@ -96,6 +112,8 @@ class QCThresholds:
     min_mean_confidence: float = 0.80
     uncertain_probability: float = 0.70
     max_uncertain_fraction: float = 0.40
+    max_pair_offset_mm: float = MAX_PAIR_OFFSET_MM  # post-processing's mirrored-partner limit (truth statistics there)
+    max_lateral_asymmetry_mm: float = LATERAL_ASYMMETRY_MM
 
     def __post_init__(self) -> None:
         pairs = {"volume_mm3": (self.min_volume_mm3, self.max_volume_mm3),
@@ -165,6 +183,20 @@ def dn_position_metrics(labels: np.ndarray, labels_affine: np.ndarray, cerebellu
     return out
 
 
+def pair_symmetry(position: dict[str, Any]) -> dict[str, float | None] | None:
+    """How far the two DN centroids are from mirroring each other (from :func:`dn_position_metrics`): ``dy_mm``,
+    ``dz_mm`` (|difference| in world y and z) and ``lateral_asymmetry_mm`` (|difference| of the distances from the
+    midline; None without a midline); None when a side is empty."""
+    left, right = position.get("left"), position.get("right")
+    if left is None or right is None:
+        return None
+    (_, ly, lz), (_, ry, rz) = left["centroid_mm"], right["centroid_mm"]
+    lateral = None
+    if left["lateral_distance_mm"] is not None and right["lateral_distance_mm"] is not None:
+        lateral = round(abs(left["lateral_distance_mm"] - right["lateral_distance_mm"]), 3)
+    return {"dy_mm": round(abs(ly - ry), 3), "dz_mm": round(abs(lz - rz), 3), "lateral_asymmetry_mm": lateral}
+
+
 def confidence_metrics(labels: np.ndarray, confidence: np.ndarray | None, uncertain_probability: float = 0.7,
                        measure: str | None = None) -> dict[str, Any] | None:
     """Per side (and ``all`` DN voxels): ``mean`` confidence and ``uncertain_fraction`` (voxels whose confidence is
@@ -198,7 +230,7 @@ def quality_check(labels: np.ndarray, labels_affine: np.ndarray, cerebellum: np.
         cerebellum_affine: voxel-to-world matrix of ``cerebellum``.
         confidence: per-voxel segmenter confidence in [0, 1] on ``labels``' grid, or None when the model does not
             expose probabilities (no confidence check, ``confidence`` recorded as None).
-        midline_x_mm: world x of the cerebellar midline used to assign sides (default: mask centroid).
+        midline_x_mm: world x of the cerebellar midline used by post-processing (default: mask centroid).
         thresholds: plausible ranges (default :class:`QCThresholds`).
         confidence_measure: what ``confidence`` is (``dn_vs_background`` or ``max_class``), recorded only.
 
@@ -242,6 +274,15 @@ def quality_check(labels: np.ndarray, labels_affine: np.ndarray, cerebellum: np.
         if off:
             flags.append(f"{side}_dn_position_implausible:{','.join(off)}")
 
+    pair = pair_symmetry(position)
+    if pair is not None:
+        off = [f"{name}={value:.1f}mm" for name, value, limit in (
+            ("dy", pair["dy_mm"], thresholds.max_pair_offset_mm), ("dz", pair["dz_mm"], thresholds.max_pair_offset_mm),
+            ("lateral", pair["lateral_asymmetry_mm"], thresholds.max_lateral_asymmetry_mm))
+            if value is not None and value > limit]
+        if off:
+            flags.append(f"dn_pair_asymmetric:{','.join(off)}")
+
     summary = confidence_metrics(labels, confidence, thresholds.uncertain_probability, confidence_measure)
     if summary is not None:
         for side in (SIDE_NAMES[v] for v in DN_SIDES):
@@ -257,6 +298,7 @@ def quality_check(labels: np.ndarray, labels_affine: np.ndarray, cerebellum: np.
         "volume_mm3": {side: round(v, 3) for side, v in volumes.items()},
         "volume_ratio": None if ratio is None else round(ratio, 4),
         **position,
+        "pair_symmetry": pair,
         "confidence": summary,
         "confidence_checked": summary is not None,
         "flags": list(flags),

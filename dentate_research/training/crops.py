@@ -27,7 +27,8 @@ class Localization:
     Attributes:
         mask: bool cerebellar mask on the input volume's grid (largest connected component only).
         dropped_voxels: input-grid voxels of smaller components that were removed.
-        midline_x_mm: world x (RAS mm) of the mask centroid, the midline that assigns DN sides (None if empty).
+        midline_x_mm: world x (RAS mm) of the mask centroid, the midline post-processing uses for a lone nucleus
+            (None if empty).
     """
 
     mask: np.ndarray

@@ -88,8 +88,9 @@ class StageSample:
         affine: voxel -> world (mm) of ``image`` and ``label``.
         crop_box: segmentation only: the crop box on the native grid.
         dn_native: localization only: the native DN labels (for bounding-box recall at validation).
-        midline_x_mm: segmentation only: world x (RAS mm) of the cerebellar midline that assigns DN sides at
-            validation, as the pipeline does at inference (centroid of the localizer's or the true cerebellar mask).
+        midline_x_mm: segmentation only: world x (RAS mm) of the cerebellar midline that post-processing
+            uses at validation (places a lone nucleus), as the pipeline does at inference (centroid of the localizer's
+            or the true cerebellar mask).
     """
 
     case_id: str

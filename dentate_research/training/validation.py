@@ -1,9 +1,10 @@
 """Validation metrics per stage, identical for every architecture.
 
 Segmentation: the network's labels go through the inference pipeline's post-processing
-(:func:`dentate_research.data.postprocess.postprocess_dn_labels`: sides from world x relative to the sample's
-cerebellar midline, largest component per side), then Dice per side (label 1 = left DN, 2 = right DN) on the
-stage grid; both-empty = 1.0 (:func:`dentate_research.data.overlap.dice` with ``empty="one"``), one empty = 0.
+(:func:`dentate_research.data.postprocess.postprocess_dn_labels`: sides per connected component from world geometry,
+the sample's cerebellar midline placing a lone nucleus; one component per side), then Dice per side (label 1 =
+left DN, 2 = right DN) on the stage grid; both-empty = 1.0 (:func:`dentate_research.data.overlap.dice` with
+``empty="one"``), one empty = 0.
 This holds for both label schemes (lateral 0/1/2, merged 0/1).
 Localization: Dice of the cerebellum mask, and what matters downstream - the bounding box derived from the
 predicted mask (plus ``margin_mm``) mapped to the native grid: ``bbox_recall`` = fraction of cases whose box
