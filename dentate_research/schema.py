@@ -152,9 +152,9 @@ class TrainerSettings:
 # -------------------------------------------------------------------------------------------- augmentation
 _PROB_KEYS = ("lr_flip_prob", "other_flip_prob", "affine_prob", "intensity_prob", "noise_prob", "smooth_prob",
               "gamma_prob", "bias_field_prob", "offset_field_prob", "histogram_shift_prob", "lowres_prob",
-              "thick_slice_prob", "streak_prob")
+              "thick_slice_prob", "streak_prob", "gibbs_prob", "dn_contrast_prob")
 _RANGE_KEYS = ("smooth_sigma", "gamma_range", "histogram_shift_points", "lowres_zoom", "thick_slice_mm",
-               "streak_amplitude")
+               "streak_amplitude", "gibbs_alpha", "dn_contrast_range")
 
 
 @dataclass
@@ -181,6 +181,12 @@ class AugmentationSettings:
     - ``streak_*``: QSM streaking: white noise restricted to the k-space region where the dipole kernel
       |D(k)| < ``streak_threshold`` (TKD's ill-conditioned cone around the magic angle) for a B0 direction within
       ``streak_tilt_deg`` of world z, scaled to a SD of U(amplitude) times the patch SD.
+    - ``gibbs_*``: Gibbs ringing from k-space truncation (MONAI ``RandGibbsNoise``, ``alpha`` in [0, 1]: fraction of
+      k-space removed), as around bright structures in reconstructions of truncated acquisitions.
+    - ``dn_contrast_*``: SynthSeg-style per-label intensity: the DN's deviation from the median of a 3-voxel shell
+      around it is scaled by U(``dn_contrast_range``), softly (Gaussian-weighted DN mask, sigma 1 voxel), so the
+      nucleus is sometimes faint (young or low-iron subjects, smoothing reconstructions) and sometimes very bright;
+      labels only select where, they are not changed.
     - ``nnunet_mirroring``: nnU-Net's own mirroring (its trainer; laterality-safe only for side-less targets).
     """
 
@@ -218,6 +224,10 @@ class AugmentationSettings:
     streak_amplitude: tuple[float, float] = (0.05, 0.3)
     streak_threshold: float = 0.15
     streak_tilt_deg: float = 25.0
+    gibbs_prob: float = 0.0
+    gibbs_alpha: tuple[float, float] = (0.2, 0.6)
+    dn_contrast_prob: float = 0.0
+    dn_contrast_range: tuple[float, float] = (0.4, 1.4)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> AugmentationSettings:
@@ -249,6 +259,7 @@ class AugmentationSettings:
                 raise ValueError(f"augmentation.{key} must be a range [low, high] with 0 <= low <= high, got {value}")
         checks = {
             "gamma_range": self.gamma_range[0] > 0,
+            "gibbs_alpha": self.gibbs_alpha[1] <= 1,
             "histogram_shift_points": self.histogram_shift_points[0] >= 3,
             "lowres_zoom": self.lowres_zoom[0] > 0 and self.lowres_zoom[1] <= 1,
             "thick_slice_mm": self.thick_slice_mm[0] > 0,

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from scipy.ndimage import binary_dilation, binary_erosion
 
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
 from dentate_research.schema import CONFIG_DIR, compose
@@ -30,6 +31,8 @@ SINGLE_OPTIONS = {
     "streak": {"streak_prob": 1.0},
     "noise_range": {"noise_prob": 1.0, "noise_std": (0.02, 0.1)},
     "smooth_range": {"smooth_prob": 1.0, "smooth_sigma": (0.3, 1.0)},
+    "gibbs": {"gibbs_prob": 1.0},
+    "dn_contrast": {"dn_contrast_prob": 1.0},
 }
 ALL_ON = {k: v for opts in SINGLE_OPTIONS.values() for k, v in opts.items()}
 
@@ -210,3 +213,33 @@ def test_hydra_domain_randomization_config_composes():
     for _ in range(3):
         out_image, out_label = aug(image, label, affine)
         assert np.isfinite(out_image).all() and out_image.shape == image.shape
+
+
+@pytest.mark.parametrize("factor", [0.4, 1.4])
+def test_dn_contrast_scales_the_nucleus_against_its_surroundings(factor):
+    affine = _affine()
+    image, label = _case(affine)
+    aug = Augmenter(_off(dn_contrast_prob=1.0, dn_contrast_range=(factor, factor)), lateralized_labels=True)
+    out, out_label = aug(image, label, affine)
+    assert np.array_equal(out_label, label)
+    inside = label > 0
+    far = ~binary_dilation(inside, iterations=6)  # voxels far from both blobs keep their values
+    np.testing.assert_allclose(out[far], image[far], atol=1e-4)
+    core = binary_erosion(inside, iterations=2)  # the soft weight is ~1 there (sigma 1 voxel)
+    background = float(np.median(image[binary_dilation(inside, iterations=3) & ~inside]))
+    ratio = (out[core] - background).mean() / (image[core] - background).mean()
+    assert ratio == pytest.approx(factor, abs=0.12)
+
+
+def test_robust_config_composes_and_keeps_sides():
+    cfg = compose("train", ["+arch=unet", "augmentation=robust"])
+    settings = AugmentationSettings.from_dict(OmegaConf.to_container(cfg.augmentation, resolve=True))
+    assert settings.thick_slice_axes == [0, 1, 2] and settings.gibbs_prob > 0 and settings.dn_contrast_prob > 0
+    affine = _affine(flip_x=True)
+    image, label = _case(affine)
+    x = _world_x(affine)
+    aug = Augmenter(settings, lateralized_labels=True, seed=5)
+    for _ in range(6):
+        out_image, out = aug(image, label, affine)
+        assert np.isfinite(out_image).all()
+        assert (x[out == LEFT_DN] < 0).all() and (x[out == RIGHT_DN] > 0).all()

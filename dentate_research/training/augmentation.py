@@ -10,8 +10,9 @@ Spatial (rotation, scaling) and intensity (gain, offset, noise, smoothing) augme
 Domain randomization (all off by default, see ``configs/augmentation/domain_randomization.yaml``) mimics what
 differs between QSM sites: reconstruction streaking (TKD-like errors near the magic-angle cone), residual
 background field (additive smooth field), smooth gain variation (multiplicative bias field), resolution (isotropic
-low resolution, thick slices, blur), noise, and nonlinear contrast (gamma, histogram shift). Every one of them acts
-on the image only: labels stay bit-identical (only the affine transform and flips touch labels), and none moves
+low resolution, thick slices, blur), Gibbs ringing, noise, nonlinear contrast (gamma, histogram shift) and the DN's
+own contrast against its surroundings (SynthSeg-style per-label intensity). Every one of them acts on the image
+only: labels stay bit-identical (only the affine transform and flips touch labels), and none moves
 content across the midline, so left/right stay anatomically true. Units: the image is z-score normalized per
 case, so intensities are "normalized units" (case SD); sizes are voxels unless named ``*_mm``.
 """
@@ -31,6 +32,7 @@ from monai.transforms import (
     RandBiasFieldd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandGibbsNoised,
     RandHistogramShiftd,
     RandomizableTransform,
     RandScaleIntensityd,
@@ -39,7 +41,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_data_type
 from numpy.polynomial import legendre
-from scipy.ndimage import convolve1d
+from scipy.ndimage import binary_dilation, convolve1d, gaussian_filter
 
 from ..data.laterality import lr_axis, mirror_left_right
 from ..schema import AugmentationSettings
@@ -249,6 +251,42 @@ class RandStreakd(_RandImageTransformd):
         return x + streak_field(x.shape, affine, b0, self.threshold, rng) * scale
 
 
+class RandLabelContrastd(RandomizableTransform, MapTransform):
+    """Scale the contrast of the labelled structure (any label > 0) against its surroundings (SynthSeg-style).
+
+    ``image += (f - 1) * (image - b) * w`` with ``f`` from U(``factor_range``), ``b`` the median image value in a
+    3-voxel shell around the structure and ``w`` its mask smoothed with a Gaussian of sigma 1 voxel (no hard edge
+    that would give the label away). ``f < 1`` makes the DN fainter, ``f > 1`` brighter. The label is only read.
+    """
+
+    def __init__(self, prob: float, factor_range: tuple[float, float], keys: Sequence[Hashable] = ("image",),
+                 label_key: Hashable = "label"):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys)
+        self.factor_range = factor_range
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        factor = float(self.R.uniform(*self.factor_range))
+        if not self._do_transform:
+            return d
+        inside = convert_data_type(d[self.label_key], np.ndarray)[0][0] > 0
+        if not inside.any():
+            return d
+        shell = binary_dilation(inside, iterations=3) & ~inside
+        weight = gaussian_filter(inside.astype(np.float32), 1.0)
+        for key in self.key_iterator(d):
+            img = convert_data_type(d[key], np.ndarray, dtype=np.float32)[0]
+            out = []
+            for channel in img:
+                background = float(np.median(channel[shell])) if shell.any() else float(np.median(channel))
+                out.append(channel + np.float32(factor - 1.0) * (channel - np.float32(background)) * weight)
+            d[key] = np.stack(out).astype(np.float32)
+        return d
+
+
 # ---------------------------------------------------------------- the augmenter
 
 def build_transforms(s: AugmentationSettings) -> list:
@@ -262,8 +300,12 @@ def build_transforms(s: AugmentationSettings) -> list:
         t.append(RandAffined(keys=["image", "label"], prob=s.affine_prob, rotate_range=(deg, deg, deg),
                              scale_range=(s.scale, s.scale, s.scale), mode=("bilinear", "nearest"),
                              padding_mode="zeros"))
+    if s.dn_contrast_prob > 0:  # anatomy first: how bright the nucleus is in this subject and reconstruction
+        t.append(RandLabelContrastd(s.dn_contrast_prob, s.dn_contrast_range))
     if s.streak_prob > 0:
         t.append(RandStreakd(s.streak_prob, s.streak_amplitude, s.streak_threshold, s.streak_tilt_deg))
+    if s.gibbs_prob > 0:
+        t.append(RandGibbsNoised(keys=img, prob=s.gibbs_prob, alpha=s.gibbs_alpha))
     if s.offset_field_prob > 0:
         t.append(RandOffsetFieldd(s.offset_field_prob, s.offset_field_amplitude))
     if s.bias_field_prob > 0:
