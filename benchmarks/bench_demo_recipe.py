@@ -30,6 +30,8 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
                     "domain_randomization", "merged"),
     "p48_b4_fg09_no_dr": ({"patch_size": [48, 48, 48]}, {"batch_size": 4, "foreground_prob": 0.9}, "default",
                           "merged"),
+    "p48_b4_fg09_robust": ({"patch_size": [48, 48, 48]}, {"batch_size": 4, "foreground_prob": 0.9}, "robust",
+                           "merged"),
     "fg09": ({}, {"foreground_prob": 0.9}, "domain_randomization", "merged"),
     "lr3e-3": ({}, {"optimizer": {"name": None, "lr": 3e-3, "weight_decay": None, "momentum": None}},
                "domain_randomization", "merged"),

@@ -1,16 +1,16 @@
 """Choose the shipped default model among candidate two-step models on VALIDATION scans only (never the test sets).
 
-Each candidate (``NAME=LOCALIZER_RUN,SEGMENTER_RUN``) is applied through ``DentatePredictor`` to the fold-0
-validation scans of every given data set (``MANIFEST,SPLITS``; e.g. the easy ``cpu`` and the ``hard`` phantoms of
-the CPU study: the same subjects, different phantom effects), scored against ``--reference`` (the rater the models
-were trained on). The table reports mean Dice per side and data set, the failure count (Dice < 0.5) and the mean of
-all; the candidate with the highest mean is the choice. Validation scans of one candidate's own fold are training
-scans of no candidate here (both studies use the same split seed and subjects).
+Each candidate (``NAME=MODEL_DIR``, a two-step model folder or ``default``) is applied through ``DentatePredictor``
+(``bench_default_model.score``, the benchmark's scorer) to the fold-0 validation scans of every given data set
+(``MANIFEST,SPLITS``; e.g. the easy ``cpu`` and the ``hard`` phantoms of the CPU study: the same subjects,
+different phantom effects), scored against ``--reference`` (the rater the models were trained on). The table reports
+mean Dice per side and data set, the failure count (Dice < 0.5) and the mean of all; the candidate with the highest
+mean is the choice. Validation scans of one candidate's own fold are training scans of no candidate here (both
+studies use the same split seed and subjects).
 
     E=work_data/reproduce/cpu_easy_preset; H=work_data/reproduce/cpu
     python benchmarks/choose_default_model.py \\
-        --candidate easy=$E/runs/localization_unet_0,$E/runs/segmentation_unet_0 \\
-        --candidate hard=$H/runs/localization_unet_0,$H/runs/segmentation_unet_0 \\
+        --candidate shipped=default --candidate robust=work_data/default_model_robust \\
         --data cpu=$E/data_cpu_seed0/manifest.tsv,SPLITS --data hard=$H/data_hard_seed0/manifest.tsv,SPLITS
 """
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--candidate", action="append", required=True, help="NAME=LOCALIZER_RUN,SEGMENTER_RUN")
+    parser.add_argument("--candidate", action="append", required=True, help="NAME=MODEL_DIR (or NAME=default)")
     parser.add_argument("--data", action="append", required=True, help="NAME=MANIFEST,SPLITS")
     parser.add_argument("--fold", default="0")
     parser.add_argument("--reference", default="rater1")
@@ -37,24 +37,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="CSV of the per-case rows")
     args = parser.parse_args()
 
-    from package_default_model import evaluate
+    from bench_default_model import phantom_scans, score
 
-    from dentate_research.data.manifest import read_manifest
     from dentate_research.data.splits import load_split
 
     rows = []
     for data_arg in args.data:
         data_name, paths = data_arg.split("=", 1)
         manifest, splits = (Path(p) for p in paths.split(","))
-        by_id = {c.case_id: c for c in read_manifest(manifest)}
-        val = [by_id[i] for i in load_split(splits, args.fold).val]
+        scans = phantom_scans(data_name, manifest, list(load_split(splits, args.fold).val))
         for cand_arg in args.candidate:
-            name, runs = cand_arg.split("=", 1)
-            loc, seg = (Path(p) for p in runs.split(","))
-            df = evaluate(loc, seg, val, args.threads)
-            df = df[df["reference"] == args.reference].assign(candidate=name, data=data_name)
+            name, model = cand_arg.split("=", 1)
+            df = score(name, model, scans, args.threads)
+            df = df[df["reference"] == args.reference].rename(columns={"bench": "data"})
             rows.append(df)
-            print(f"[choose] {name} on {data_name}: {len(val)} validation scans, Dice "
+            print(f"[choose] {name} on {data_name}: {len(scans)} validation scans, Dice "
                   f"{df.groupby('side')['dice'].mean().round(3).to_dict()}", flush=True)
     per_case = pd.concat(rows, ignore_index=True)
     if args.out:

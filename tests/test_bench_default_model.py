@@ -1,0 +1,54 @@
+"""The default-model benchmark's tables: lost sides, per-scan seconds and the QC confusion counts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from bench_default_model import qc_confusion, summarize  # noqa: E402
+
+
+def rows(candidate: str, bench: str, case: str, status: str, dice: dict[str, float | None], seconds: float,
+         reference: str) -> list[dict]:
+    return [{"candidate": candidate, "bench": bench, "case": case, "reference": reference, "side": side,
+             "dice": value, "status": status, "seconds": seconds} for side, value in dice.items()]
+
+
+@pytest.fixture
+def per_case() -> pd.DataFrame:
+    table = [
+        *rows("m", "lamina", "a", "ok", {"left": 0.9, "right": 0.8}, 1.0, "true"),
+        *rows("m", "lamina", "b", "flagged", {"left": 0.2, "right": 0.85}, 3.0, "true"),
+        *rows("m", "lamina", "c", "ok", {"left": 0.88, "right": 0.4}, 2.0, "true"),
+        *rows("m", "lamina", "d", "failed", {"left": None, "right": None}, 0.5, "true"),
+        *rows("m", "lamina", "e", "flagged", {"left": 0.9, "right": 0.9}, 1.5, "true"),
+        # a phantom bench: scored against rater1 (primary) and the truth (not summarized)
+        *rows("m", "heldout_easy", "h1", "ok", {"left": 0.9, "right": 0.92}, 1.0, "rater1"),
+        *rows("m", "heldout_easy", "h1", "ok", {"left": 0.1, "right": 0.1}, 1.0, "true"),
+    ]
+    return pd.DataFrame(table)
+
+
+def test_summary_counts_lost_sides_and_seconds_per_scan(per_case):
+    summary = summarize(per_case).set_index(["bench", "side"])
+    left = summary.loc[("lamina", "left")]
+    assert left["n"] == 5 and left["lost_sides"] == 2  # 0.2 and the failed scan (no prediction = Dice 0)
+    assert left["worst"] == 0.0 and left["mean"] == pytest.approx((0.9 + 0.2 + 0.88 + 0 + 0.9) / 5)
+    assert left["seconds_mean"] == pytest.approx(8.0 / 5) and left["seconds_max"] == 3.0
+    assert summary.loc[("lamina", "right"), "lost_sides"] == 2
+    easy = summary.loc[("heldout_easy", "left")]
+    assert easy["reference"] == "rater1" and easy["mean"] == pytest.approx(0.9) and easy["lost_sides"] == 0
+
+
+def test_qc_confusion_finds_an_ok_scan_with_a_lost_side(per_case):
+    confusion = qc_confusion(per_case).set_index("bench")
+    lamina = confusion.loc["lamina"]
+    assert lamina["flagged_with_lost_side"] == 2  # b (flagged) and d (failed counts as flagged)
+    assert lamina["ok_with_lost_side"] == 1  # c: QC said ok although the right side was lost
+    assert lamina["flagged_all_sides_good"] == 1 and lamina["ok_all_sides_good"] == 1
+    assert confusion.loc["heldout_easy", "ok_all_sides_good"] == 1  # judged against rater1, not the truth rows
