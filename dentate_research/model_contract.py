@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .data.atomic import write_text_atomic
 from .data.io import DataError, Volume
 from .data.labels import CEREBELLUM_TARGET, LATERAL, MERGED, LabelScheme, network_label_scheme
 
@@ -89,7 +90,7 @@ class ModelCard:
 
     def to_json(self, path: Path | str) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=1, default=json_default) + "\n")
+        write_text_atomic(path, json.dumps(asdict(self), indent=1, default=json_default) + "\n")
         return path
 
     @classmethod

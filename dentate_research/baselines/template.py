@@ -32,6 +32,7 @@ import SimpleITK as sitk  # noqa: N813
 from scipy import ndimage
 from tqdm import tqdm
 
+from dentate_research.data.atomic import atomic_output, write_text_atomic
 from dentate_research.data.geometry import bbox_from_mask, resample_to_spacing
 from dentate_research.data.io import DataError, Volume, load_image, load_label
 from dentate_research.data.labels import DN_SIDES
@@ -238,18 +239,16 @@ class Template:
         """Write ``template.json`` + NIfTI maps into ``out_dir``; returns the folder."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(self.image.astype(np.float32), self.affine), str(out / "template_image.nii.gz"))
-        nib.save(nib.Nifti1Image(self.dn_probability[0].astype(np.float32), self.affine),
-                 str(out / "dn_left_probability.nii.gz"))
-        nib.save(nib.Nifti1Image(self.dn_probability[1].astype(np.float32), self.affine),
-                 str(out / "dn_right_probability.nii.gz"))
-        if self.cerebellum_probability is not None:
-            nib.save(nib.Nifti1Image(self.cerebellum_probability.astype(np.float32), self.affine),
-                     str(out / "cerebellum_probability.nii.gz"))
+        maps = {"template_image": self.image, "dn_left_probability": self.dn_probability[0],
+                "dn_right_probability": self.dn_probability[1], "cerebellum_probability": self.cerebellum_probability}
+        for name, array in maps.items():
+            if array is not None:
+                with atomic_output(out / f"{name}.nii.gz") as tmp:  # keeps the .nii.gz ending: nibabel compresses
+                    nib.save(nib.Nifti1Image(array.astype(np.float32), self.affine), str(tmp))
         meta = {"format_version": TEMPLATE_FORMAT_VERSION, "case_ids": self.case_ids, "subjects": self.subjects,
                 "sites": self.sites, "rater": self.rater, "info": self.info,
                 "has_cerebellum": self.cerebellum_probability is not None}
-        (out / "template.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_text_atomic(out / "template.json", json.dumps(meta, indent=2, default=str))
         return out
 
     @classmethod

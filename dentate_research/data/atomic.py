@@ -93,6 +93,14 @@ def write_csv_atomic(frame: Any, path: Path | str, **kwargs: Any) -> Path:
     return Path(path)
 
 
+def write_figure_atomic(fig: Any, path: Path | str, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` (matplotlib) through a temporary file; the temporary name keeps the extension, so the
+    format follows ``path`` unless ``format`` is given."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return Path(path)
+
+
 def remove_temp_files(folder: Path | str) -> list[Path]:
     """Delete leftover temporary files (``.tmp-*``) directly inside ``folder``; returns what was removed.
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import write_csv_atomic
 from .io import DataError
 
 REQUIRED_COLUMNS = ("subject", "site", "image")
@@ -112,7 +113,7 @@ def write_manifest(cases: list[Case], path: Path | str) -> Path:
         row["cerebellum"] = rel(c.cerebellum)
         rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    write_csv_atomic(pd.DataFrame(rows), path, sep="\t")
     return path
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .atomic import write_text_atomic
 from .io import DataError, load_image, load_label, save_nifti
 from .labels import BACKGROUND, LEFT_DN, RIGHT_DN
 from .manifest import Case, read_manifest
@@ -67,7 +68,7 @@ def write_dataset_json(folder: Path, labels: dict[str, int], n_training: int, de
     dataset = {"name": folder.name.split("_", 1)[1], "description": description, "channel_names": {"0": "QSM"},
                "labels": dict(labels), "numTraining": int(n_training), "file_ending": ".nii.gz", **extra}
     path = folder / "dataset.json"
-    path.write_text(json.dumps(dataset, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(dataset, indent=2) + "\n")
     return path
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .io import DataError
 from .manifest import Case
 
@@ -165,9 +166,9 @@ def write_splits(splits: dict, out_dir: Path | str, *, overwrite: bool = False) 
     for name, content in targets.items():
         path = out_dir / name
         if name.endswith(".json"):
-            path.write_text(json.dumps(content, indent=1) + "\n")
+            write_text_atomic(path, json.dumps(content, indent=1) + "\n")
         else:
-            path.write_text("".join(f"{cid}\n" for cid in content))
+            write_text_atomic(path, "".join(f"{cid}\n" for cid in content))
     return out_dir / "splits.json"
 
 

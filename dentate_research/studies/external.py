@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from tqdm import tqdm
 
+from ..data.atomic import write_csv_atomic
 from ..evaluation.stats import paired_comparison
 from .paper import PAPER
 from .summaries import comparison_lines, dice_by_side, plot_dice_by_site
@@ -49,6 +50,6 @@ def external_study(runner: StudyRunner) -> Path:
     notes = (f"External sites: {', '.join(s.external_sites)} (never used for training, planning, "
              f"normalization or the baseline template). Paper: left {PAPER['external_dice_left']}, right "
              f"{PAPER['external_dice_right']}. Paired tests per side:\n\n" + comparison_lines(comp))
-    comp.to_csv(s.out_dir / "T5_external_paired_tests.csv", index=False)
+    write_csv_atomic(comp, s.out_dir / "T5_external_paired_tests.csv")
     return write_table(table, s.out_dir, "T5_external",
                        "T5 External sites: two-step model vs classical baseline", runner.stamp(), notes)

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..data.atomic import write_csv_atomic, write_figure_atomic
 from ..evaluation.stats import mean_ci, paired_comparison, wilson_interval
 from .summaries import comparison_lines, dice_by_side
 from .tables import dataframe_to_markdown, write_table
@@ -224,7 +225,7 @@ def failure_plot(table: pd.DataFrame, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    write_figure_atomic(fig, path, dpi=90)
     plt.close(fig)
     return path
 
@@ -296,7 +297,7 @@ def failure_modes_study(runner: StudyRunner) -> Path:
     table = bin_table(df, (deep_name, BASELINE))
     overall = dice_by_side(df, ["method"])
     comp = paired_comparison(df, "dice", methods=[deep_name, BASELINE])
-    comp.to_csv(s.out_dir / "T7_failure_modes_paired_tests.csv", index=False)
+    write_csv_atomic(comp, s.out_dir / "T7_failure_modes_paired_tests.csv")
     runner.fig_dir.mkdir(parents=True, exist_ok=True)
     failure_plot(table, runner.fig_dir / "T7_failure_rate_by_factor.png",
                  f"T7: failure rate (Dice < {FAIL_DICE}) per bin, {deep_name} vs {BASELINE}, 95 % Wilson CI")
@@ -321,7 +322,7 @@ def failure_modes_study(runner: StudyRunner) -> Path:
              + overall_md + "\nPaired tests per side (all hard scans):\n\n" + comparison_lines(comp)
              + "\n\nFigure: figures/T7_failure_rate_by_factor.png; per-side rows with the raw factor values: "
              "per_case/T7_failure_modes.csv.")
-    table.to_csv(s.out_dir / "T7_failure_modes_full.csv", index=False)
+    write_csv_atomic(table, s.out_dir / "T7_failure_modes_full.csv")
     return write_table(table[keep], s.out_dir, "T7_failure_modes",
                        "T7 Failure modes: two-step model vs classical baseline on hard-case phantoms, per factor bin",
                        runner.stamp(), notes)

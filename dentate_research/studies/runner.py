@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.atomic import write_csv_atomic, write_text_atomic
 from ..data.io import Volume, load_image, load_label
 from ..data.manifest import Case, read_manifest
 from ..data.splits import load_split, make_splits, write_splits
@@ -290,7 +291,7 @@ class StudyRunner:
     def save_per_case(self, df: pd.DataFrame, name: str) -> None:
         """``per_case/<name>.csv``."""
         self.per_case_dir.mkdir(parents=True, exist_ok=True)
-        df.to_csv(self.per_case_dir / f"{name}.csv", index=False)
+        write_csv_atomic(df, self.per_case_dir / f"{name}.csv")
 
     def stamp(self) -> dict[str, Any]:
         """The provenance with the current time as ``finished_utc`` (for the table being written)."""
@@ -334,7 +335,7 @@ class StudyRunner:
                 lines.append(f"| (earlier run) | [{path.name}]({path.name}) | see its header |")
         lines += ["", "Per-case tables: `per_case/`; figures: `figures/`; splits: `splits/`; runs and settings: "
                   "`provenance.json`.", ""]
-        (self.s.out_dir / "README.md").write_text("\n".join(lines))
+        write_text_atomic(self.s.out_dir / "README.md", "\n".join(lines))
 
 
 def _provenance_line(p: dict[str, Any]) -> str:

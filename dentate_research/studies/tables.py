@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.atomic import write_csv_atomic, write_text_atomic
+
 
 def _fmt(value: Any, digits: int) -> str:
     if isinstance(value, float | np.floating):
@@ -44,16 +46,13 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, title: str, provenan
                 notes: str = "", digits: int = 3) -> Path:
     """Write ``name.csv`` and ``name.md`` (title, provenance, table, notes) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_dir / f"{name}.csv", index=False)
+    write_csv_atomic(df, out_dir / f"{name}.csv")
     text = f"# {title}\n\n{provenance_block(provenance)}\n{dataframe_to_markdown(df, digits)}"
     if notes:
         text += f"\n{notes.strip()}\n"
-    path = out_dir / f"{name}.md"
-    path.write_text(text)
+    path = write_text_atomic(out_dir / f"{name}.md", text)
     return path
 
 
 def write_json(data: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from ..data.atomic import write_text_atomic
 from ..data.io import DataError
 from ..data.labels import MERGED, network_label_scheme
 from ..data.manifest import Case, read_manifest
@@ -353,7 +354,7 @@ def claim_run_folder(cfg: DictConfig, request: RunFolderRequest, dist: DistConte
             print(f"[train] {request.path} is used by another run; this run writes to {claimed}")
     if dist.is_main:
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        (claimed / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        write_text_atomic(claimed / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return claimed
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.atomic import write_figure_atomic, write_text_atomic
 from ..data.geometry import resample_to_reference, resample_to_spacing
 from ..data.io import DataError, Volume
 from ..model_contract import (
@@ -197,7 +198,7 @@ def write_run_info(run_dir: Path, *, seed: int, device: str, timings: dict[str, 
             "host": platform.node(), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     info.update(extra or {})
     path = Path(run_dir) / "run_info.json"
-    path.write_text(json.dumps(info, indent=1, default=json_default) + "\n")
+    write_text_atomic(path, json.dumps(info, indent=1, default=json_default) + "\n")
     return path
 
 
@@ -230,6 +231,6 @@ def plot_training_curve(rows: list[dict[str, Any]], path: Path | str, title: str
         ax.legend(handles, labels, loc="center right", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..data.atomic import write_csv_atomic
+
 WANDB_MODES = ("offline", "disabled", "online")
 
 
@@ -48,7 +50,7 @@ class RunLogger:
         self.rows.append(clean)
         with self.jsonl_path.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
-        pd.DataFrame(self.rows).to_csv(self.csv_path, index=False)
+        write_csv_atomic(pd.DataFrame(self.rows), self.csv_path)
         if self._wandb_run is not None:
             step = clean.get("iteration")
             self._wandb_run.log({k: v for k, v in clean.items() if isinstance(v, (int, float)) and v is not None},

@@ -26,6 +26,7 @@ import torch
 from monai.losses import DiceCELoss
 from tqdm.auto import tqdm
 
+from ..data.atomic import atomic_output
 from ..data.labels import MERGED, network_label_scheme
 from ..models import build_network, get_arch
 from ..schema import TrainerSettings
@@ -128,9 +129,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, s: LoopSettings) -> torch.o
 
 
 def _save(path: Path, **state: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, Any], classes: Sequence[str],

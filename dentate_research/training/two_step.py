@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..data.atomic import write_text_atomic
+
 # Networks of the two-step recipe (README "Converged models"): a small localizer at 4 mm and a 4-level U-Net that
 # segments at 1 mm on 64^3 patches of the localizer's crops.
 DEFAULT_LOCALIZER = {"arch": "unet", "spacing_mm": 4.0, "patch_size": [32, 32, 32],
@@ -74,7 +76,7 @@ def train_two_step_model(out_dir: Path | str, manifest: Path | str, *, localizer
                                        if stage_minutes and stage in stage_minutes else {})},
                            label_rater=label_rater)
         train_stage(cfg)
-    (out_dir / "README.txt").write_text(
+    write_text_atomic(out_dir / "README.txt",
         "Two-step dentate nucleus model (localization/ + segmentation/ run directories) trained on "
         f"{manifest} by dentate_research.training.two_step.train_two_step_model.\n"
         "Synthetic phantom training data: for demonstration, not for clinical use.\n")

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic import write_text_atomic
 from ..io import DataError, save_nifti
 from ..labels import DN_SIDES, LEFT_DN, RIGHT_DN
 from ..manifest import Case, write_manifest
@@ -476,5 +477,5 @@ def generate_dataset(out_dir: Path | str, preset: str | Preset = "tiny", seed: i
         "numpy": np.__version__,
         "statistics": dataset_statistics(results),
     }
-    (out_dir / "dataset_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomic(out_dir / "dataset_summary.json", json.dumps(summary, indent=2, default=str))
     return manifest

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..atomic import write_figure_atomic  # noqa: E402
 from ..io import Volume  # noqa: E402
 from ..labels import DN_SIDES, SIDE_NAMES  # noqa: E402
 from .generate import GROUP_CYCLE, PRESETS, simulate_case  # noqa: E402
@@ -80,7 +81,7 @@ def panel(ax, sim: dict, view: str = "axial", side: int | None = None, zoom: flo
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    write_figure_atomic(fig, path, dpi=90)
     plt.close(fig)
     return path
 

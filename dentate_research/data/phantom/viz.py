@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..atomic import write_figure_atomic  # noqa: E402
 from ..io import Volume, load_image, load_label  # noqa: E402
 from ..labels import LEFT_DN  # noqa: E402
 from ..manifest import Case, read_manifest  # noqa: E402
@@ -123,7 +124,7 @@ def save_sites_figure(manifest: Path | str, path: Path | str, case_ids: list[str
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=85)
+    write_figure_atomic(fig, path, dpi=85)
     plt.close(fig)
     return path
 
@@ -166,6 +167,6 @@ def save_dn_figure(manifest: Path | str, path: Path | str, case_id: str | None =
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
