@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dentate_research.data.atomic import atomic_output  # noqa: E402
+from dentate_research.data.atomic import write_figure_atomic  # noqa: E402
 from dentate_research.data.labels import DN_SIDES, SIDE_NAMES  # noqa: E402
 
 from .stats import bland_altman, pearson  # noqa: E402
@@ -41,8 +41,7 @@ def _save(fig, path: Path | str) -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        with atomic_output(path) as tmp:  # never a partial PNG under the final name
-            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        write_figure_atomic(fig, path, dpi=110, format=path.suffix.lstrip(".") or "png")  # never a partial PNG
     finally:
         plt.close(fig)
     return path

@@ -58,11 +58,11 @@ import pandas as pd
 
 from dentate_research.data.atomic import (
     TEMP_PREFIX,
-    atomic_output,
     file_lock,
     is_temp_file,
     remove_temp_files,
     write_csv_atomic,
+    write_figure_atomic,
     write_json_atomic,
 )
 from dentate_research.data.geometry import BoundingBox, box_extent_mm
@@ -627,8 +627,7 @@ def save_overlay_png(image: Volume, labels: np.ndarray, path: Path | str, title:
     fig.suptitle(title or "DN overlay (red = left, blue = right)", fontsize=10)
     fig.tight_layout()
     try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
+        write_figure_atomic(fig, path, dpi=80, format="png")
     finally:
         plt.close(fig)
     return path
