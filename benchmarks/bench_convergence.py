@@ -119,6 +119,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per new-recipe run")
     args = parser.parse_args()
+    from dentate_research.logs import console_logging
+
+    console_logging()  # the library's messages (early stopping, fine-tuning) on stderr
     args.data, args.localizer, args.work = args.data.resolve(), args.localizer.resolve(), args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     curves, summary = [], []

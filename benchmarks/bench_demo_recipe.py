@@ -45,6 +45,9 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from dentate_research.logs import console_logging
+
+    console_logging()  # the library's messages (early stopping, fine-tuning) on stderr
 
     import torch
 

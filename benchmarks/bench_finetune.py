@@ -58,6 +58,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    from dentate_research.logs import console_logging
+
+    console_logging()  # the library's messages (early stopping, fine-tuning) on stderr
 
     import torch
 

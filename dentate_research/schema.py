@@ -12,8 +12,12 @@ ppm as stated per field. This module imports no torch and no MONAI.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,85 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """The packaged Hydra configs (``train.yaml``, ``reproduce/reproduce.yaml`` and their groups)."""
 
 SCHEMA_NAME = "train_schema"
+
+
+# ------------------------------------------------------------------------------------------------- choices
+class Choice(str, Enum):
+    """A setting with a fixed set of values. Members are ``str`` whose name equals their value, so a config file or
+    override states the plain word (``lr_schedule: cosine``), OmegaConf refuses any other word when the config is
+    composed (naming the key and the allowed words), and code compares, hashes, formats and serializes a member as
+    its word (``LRSchedule.cosine == "cosine"``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def words(cls) -> tuple[str, ...]:
+        """The allowed words, in declaration order."""
+        return tuple(member.value for member in cls)
+
+
+class StageName(Choice):
+    localization = "localization"  # the cerebellum on a coarse grid
+    segmentation = "segmentation"  # the DN on the crop
+
+
+class LabelScheme(Choice):
+    lateral = "lateral"  # 1 left, 2 right DN (world RAS)
+    merged = "merged"  # one DN class; sides from world geometry per connected component
+
+
+class NormalizationScheme(Choice):
+    zscore_nonzero = "zscore_nonzero"
+    robust_zscore_nonzero = "robust_zscore_nonzero"
+    none = "none"
+
+
+class CropSource(Choice):
+    cerebellum = "cerebellum"  # the cerebellum label
+    dn = "dn"  # the DN labels
+    localizer = "localizer"  # the crops a trained localizer cuts (as at inference)
+
+
+class OptimizerName(Choice):
+    AdamW = "AdamW"
+    Adam = "Adam"
+    SGD = "SGD"
+
+
+class LRSchedule(Choice):
+    poly = "poly"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class DistBackend(Choice):
+    auto = "auto"  # nccl on CUDA, gloo on CPU
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class LRFlip(Choice):
+    swap_labels = "swap_labels"  # mirror and swap labels 1/2 (lateralized labels)
+    none = "none"  # never mirror left-right
+    plain = "plain"  # mirror without a swap (side-less targets such as the cerebellum)
+
+
+class BlendMode(Choice):
+    gaussian = "gaussian"
+    constant = "constant"
+
+
+class TTAPolicy(Choice):
+    none = "none"
+    lr_swap = "lr_swap"
+    all_flips_lr_swap = "all_flips_lr_swap"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    disabled = "disabled"
+    online = "online"
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -66,7 +149,7 @@ class DataSettings:
 # --------------------------------------------------------------------------------------------------- stage
 @dataclass
 class NormalizationSettings:
-    scheme: str = "zscore_nonzero"  # zscore_nonzero | robust_zscore_nonzero | none
+    scheme: NormalizationScheme = NormalizationScheme.zscore_nonzero
     clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
 
 
@@ -74,7 +157,7 @@ class NormalizationSettings:
 class CropSettings:
     """The region a stage sees: ``source`` cerebellum | dn | localizer (the crops inference cuts)."""
 
-    source: str = "cerebellum"
+    source: CropSource = CropSource.cerebellum
     localizer_run: str | None = None  # localization run directory (source=localizer)
     margin_mm: float = 10.0
     jitter_mm: float = 4.0  # random shift of training crops (mm)
@@ -84,11 +167,11 @@ class CropSettings:
 class StageSettings:
     """One stage of the two-step pipeline: ``localization`` (cerebellum, coarse grid) or ``segmentation`` (DN)."""
 
-    name: str = "segmentation"
+    name: StageName = StageName.segmentation
     spacing_mm: Any = "${data.grid.segmentation.spacing_mm}"  # null: median spacing of the training cases
     patch_size: Any = "${data.grid.segmentation.patch_size}"  # voxels (x, y, z), also the sliding window
     label_rater: Any = "${data.label_rater}"
-    label_scheme: str = "lateral"  # lateral (1 left, 2 right DN) | merged (one DN class, sides from world x)
+    label_scheme: LabelScheme = LabelScheme.lateral
     normalization: NormalizationSettings = field(default_factory=NormalizationSettings)
     crop: CropSettings = field(default_factory=CropSettings)
 
@@ -115,7 +198,7 @@ class SplitSettings:
 class OptimizerSettings:
     """null: the architecture's recommendation (models.registry)."""
 
-    name: str | None = None
+    name: OptimizerName | None = None
     lr: float | None = None
     weight_decay: float | None = None
     momentum: float | None = None
@@ -132,7 +215,7 @@ class TrainerSettings:
     batch_size: int = 2
     foreground_prob: float = 0.33  # fraction of patches centred on a foreground voxel
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
-    lr_schedule: str = "poly"  # poly | cosine | constant
+    lr_schedule: LRSchedule = LRSchedule.poly
     warmup_iterations: int = 0
     grad_clip: float | None = 12.0
     amp: bool = False
@@ -145,7 +228,7 @@ class TrainerSettings:
     init_checkpoint: str | None = None  # fine-tuning: start from these weights (set by init_from)
     devices: int = 1
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step; devices=N equals devices=1 with accumulate=N
-    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    dist_backend: DistBackend = DistBackend.auto
     dist_timeout_min: float = 60.0  # bound of every collective: the other ranks wait while rank 0 validates
 
 
@@ -191,7 +274,7 @@ class AugmentationSettings:
     """
 
     enabled: bool = True
-    lr_flip: str = "swap_labels"  # swap_labels | none | plain
+    lr_flip: LRFlip = LRFlip.swap_labels
     lr_flip_prob: float = 0.5
     other_flip_axes: list[int] = field(default_factory=list)
     other_flip_prob: float = 0.5
@@ -282,10 +365,10 @@ class InfererConfig:
     augmentation (none | lr_swap | all_flips_lr_swap) and post-processing."""
 
     overlap: float = 0.5
-    mode: str = "gaussian"  # gaussian | constant
+    mode: BlendMode = BlendMode.gaussian
     sigma_scale: float = 0.125
     sw_batch_size: int = 1
-    tta: str = "none"
+    tta: TTAPolicy = TTAPolicy.none
     largest_component_per_class: bool = True
 
 
@@ -293,7 +376,7 @@ class InfererConfig:
 @dataclass
 class WandbSettings:
     enabled: bool = False
-    mode: str = "disabled"  # offline | disabled | online (offline never needs a login)
+    mode: WandbMode = WandbMode.disabled  # offline never needs a login
     project: str = "dentate_research"
 
 
@@ -331,7 +414,7 @@ class TrainConfig:
     inferer: InfererConfig = field(default_factory=InfererConfig)
     logger: LoggerSettings = field(default_factory=LoggerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
-    arch: ArchSettings | None = None  # no default on purpose: every run names its network (+arch=NAME)
+    arch: ArchSettings | None = None  # no default: every run names its network (arch=NAME; ??? in train.yaml)
     seed: int = 0
     init_from: str | None = None  # fine-tuning: a run folder, a two-step model folder or 'default'
     dry_run: bool = False
@@ -424,6 +507,7 @@ def compose(config_name: str = "train", overrides: Sequence[str] = (), *, config
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
+    overrides = normalize_overrides(overrides)
     directory = Path(config_dir) if config_dir is not None else CONFIG_DIR
     if "/" in config_name:
         sub, config_name = config_name.rsplit("/", 1)
@@ -432,6 +516,12 @@ def compose(config_name: str = "train", overrides: Sequence[str] = (), *, config
     with initialize_config_dir(config_dir=str(directory.resolve()), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides),
                              return_hydra_config=return_hydra_config)
+
+
+def normalize_overrides(overrides: Sequence[str]) -> list[str]:
+    """``+arch=X`` / ``++arch=X`` -> ``arch=X``: ``arch`` is a mandatory group (``???`` in ``train.yaml``), which
+    Hydra selects without a plus; the plus form stays accepted (it was the documented one)."""
+    return [o.lstrip("+") if o.lstrip("+").startswith("arch=") else o for o in overrides]
 
 
 def train_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
@@ -451,3 +541,173 @@ def _plain(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
     container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
     container.pop("hydra", None)  # type: ignore[union-attr]
     return OmegaConf.create(container)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+class SettingsError(ValueError):
+    """A setting that is not allowed, found when the config is composed (one line: key, value, what is allowed)."""
+
+
+def _integer(low: int, optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        return (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+    return ok, f"an integer >= {low}" + (" or null" if optional else "")
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False,
+            optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if optional and v is None:
+            return True
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+            return False
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    text = f"a number {'>' if low_open else '>='} {low:g}"
+    if high != math.inf:
+        text = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return ok, text + (" or null" if optional else "")
+
+
+def _triple(value_ok: Callable[[Any], bool], what: str, *, optional: bool = False,
+            scalar: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if optional and v is None:
+            return True
+        if scalar and value_ok(v):
+            return True
+        return isinstance(v, (list, tuple)) and len(v) == 3 and all(value_ok(x) for x in v)
+    text = f"three {what}" + (f" or one {what.rstrip('s')}" if scalar else "") + (" or null" if optional else "")
+    return ok, text
+
+
+def _percentile_pair(v: Any) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+            and 0 <= v[0] < v[1] <= 100)
+
+
+_POSITIVE_INT = _integer(1)[0]
+_POSITIVE_NUMBER = _number(0, low_open=True)[0]
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+TRAIN_SETTING_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": _integer(0),
+    "data.grid.segmentation.patch_size": _triple(_POSITIVE_INT, "integers >= 1 (voxels)"),
+    "data.grid.localization.patch_size": _triple(_POSITIVE_INT, "integers >= 1 (voxels)"),
+    "data.grid.segmentation.spacing_mm": _triple(_POSITIVE_NUMBER, "numbers > 0 (mm)", optional=True, scalar=True),
+    "data.grid.localization.spacing_mm": _triple(_POSITIVE_NUMBER, "numbers > 0 (mm)", optional=True, scalar=True),
+    "stage.patch_size": _triple(_POSITIVE_INT, "integers >= 1 (voxels)"),
+    "stage.spacing_mm": _triple(_POSITIVE_NUMBER, "numbers > 0 (mm)", optional=True, scalar=True),
+    "stage.normalization.clip_percentiles": (_percentile_pair, "[low, high] with 0 <= low < high <= 100"),
+    "stage.crop.margin_mm": _number(0),
+    "stage.crop.jitter_mm": _number(0),
+    "split.n_folds": _integer(2),
+    "split.test_fraction": _number(0, 1, high_open=True),
+    "trainer.epochs": _integer(1),
+    "trainer.iterations_per_epoch": _integer(1),
+    "trainer.val_every": _integer(1),
+    "trainer.val_iterations": _integer(1),
+    "trainer.batch_size": _integer(1),
+    "trainer.foreground_prob": _number(0, 1),
+    "trainer.optimizer.lr": _number(0, optional=True),  # 0 freezes the weights (a check, not a recipe)
+    "trainer.optimizer.weight_decay": _number(0, optional=True),
+    "trainer.optimizer.momentum": _number(0, 1, high_open=True, optional=True),
+    "trainer.warmup_iterations": _integer(0),
+    "trainer.grad_clip": _number(0, low_open=True, optional=True),
+    "trainer.device": (lambda v: isinstance(v, str) and bool(DEVICE_PATTERN.match(v)), "auto, cpu, cuda or cuda:N"),
+    "trainer.num_threads": _integer(1, optional=True),
+    "trainer.patience": _integer(1, optional=True),
+    "trainer.min_delta": _number(0),
+    "trainer.max_minutes": _number(0, low_open=True, optional=True),
+    "trainer.devices": _integer(1),
+    "trainer.accumulate_grad_batches": _integer(1),
+    "trainer.dist_timeout_min": _number(0, low_open=True),
+    "augmentation.rotate_deg": _number(0, 180),
+    "augmentation.scale": _number(0, 1, high_open=True),
+    "augmentation.intensity_scale": _number(0),
+    "augmentation.intensity_shift": _number(0),
+    "inferer.overlap": _number(0, 1, high_open=True),
+    "inferer.sigma_scale": _number(0, low_open=True),
+    "inferer.sw_batch_size": _integer(1),
+}
+"""Allowed values of the numeric train settings (the choices are :class:`Choice` fields): the one place they are
+stated. :func:`check_train_settings` applies them when a config is composed, before any data is read."""
+
+
+def check_train_settings(cfg: DictConfig) -> None:
+    """Raise :class:`SettingsError` (one line: key, value, what is allowed) for the first setting of a complete train
+    config (:func:`train_config`) outside :data:`TRAIN_SETTING_RANGES` or the augmentation's ranges."""
+    for key, (ok, allowed) in TRAIN_SETTING_RANGES.items():
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if not ok(value):
+            raise SettingsError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+    try:
+        augmentation = AugmentationSettings.from_dict(OmegaConf.to_container(cfg.augmentation, resolve=True))
+        augmentation.validate()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def setting_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a schema dataclass (``trainer.optimizer.lr``, ...); ``arch.*`` is open-ended."""
+    keys: list[str] = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys += setting_keys(type(default), key + ".")
+    keys += [f"arch.{f.name}" for f in fields(ArchSettings)] if schema is TrainConfig else []
+    return keys
+
+
+def closest_setting(key: str, schema: type = TrainConfig) -> str | None:
+    """The schema key nearest to a misspelt ``key`` (same group preferred), or None."""
+    keys = setting_keys(schema)
+    group = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    same_group = [k for k in keys if group and k.startswith(group)]
+    for candidates in (same_group, keys):
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in candidates}
+        match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.5)
+        if match:
+            return by_leaf[match[0]]
+        match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+        if match:
+            return match[0]
+    return None
+
+
+def config_error_line(exc: BaseException, schema: type = TrainConfig) -> str:
+    """One line for a config composition / validation error (OmegaConf's or Hydra's, possibly chained): the key,
+    the value and what is allowed; for a key the schema does not know, the closest valid key."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        options = getattr(e, "options", None)
+        missing = re.search(r"Could not find '([^']+)/([^']+)'", str(e))
+        if missing and options is not None:  # hydra.errors.MissingConfigException: an unknown group option
+            group, option = missing.groups()
+            return f"{group}={option}: no such option; allowed: {', '.join(options)}"
+        if isinstance(e, SettingsError):
+            return str(e)
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            key = str(e.full_key)
+            if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and "not in" in str(getattr(e, "msg", e)):
+                near = closest_setting(key, schema)
+                return f"{key}: no such setting" + (f"; did you mean {near}?" if near else "")
+            msg = " ".join(str(getattr(e, "msg", None) or e).splitlines()[0].split())
+            return f"{key}: {msg}"
+    text = str(exc)
+    if "Available options" in text:  # Hydra's "You must specify 'arch' ... Available options:\n\tunet\n..."
+        head, _, options = text.partition("Available options")
+        words = options.split("Config search path")[0].partition(":")[2].split()
+        return f"{' '.join(head.split()).rstrip(':;. ')}; allowed: {', '.join(words)}"
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "HYDRA_FULL_ERROR" not in line]
+    return "; ".join(lines) or type(exc).__name__

@@ -140,7 +140,7 @@ def test_stage_config_is_the_packaged_config_plus_its_stated_changes():
 
 
 # ------------------------------------------------------------------------------------------------ import layers
-LAYERS = ("", "schema", "provenance", "data", "model_contract", "models", "training", "inference", "evaluation",
+LAYERS = ("", "schema", "logs", "provenance", "data", "model_contract", "models", "training", "inference", "evaluation",
           "baselines", "studies", "cli", "__main__")
 
 
@@ -193,8 +193,8 @@ def _layer(module: str) -> int:
 
 
 def test_layers_import_only_downward():
-    """schema -> data -> model contract -> models -> training -> inference -> evaluation -> baselines -> studies -> cli:
-    no import (module-level or lazy) reaches a higher layer."""
+    """schema -> logs -> data -> model contract -> models -> training -> inference -> evaluation -> baselines ->
+    studies -> cli: no import (module-level or lazy) reaches a higher layer."""
     upward = [f"{m} -> {n}" for m, (_, every) in _imports().items() for n in every
               if _layer(n) > _layer(m) and n != "dentate_research"]
     assert not upward, upward

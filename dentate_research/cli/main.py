@@ -2,7 +2,7 @@
 
 Verb modules are imported lazily so that ``--help`` is instant. Each argparse verb module defines
 ``add_arguments(parser)`` and ``run(args) -> int``; Hydra verbs (``train``, ``reproduce``) define
-``run_hydra(argv) -> int`` and receive the remaining argv untouched (Hydra overrides such as ``+arch=nnunet``).
+``run_hydra(argv) -> int`` and receive the remaining argv untouched (Hydra overrides such as ``arch=nnunet``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ VERBS: dict[str, tuple[str, str, bool]] = {
                     "write subject-level train/val folds, test, external and leave-one-site-out splits", False),
     "export-nnunet": ("dentate_research.cli.export_nnunet",
                       "export a manifest to the nnU-Net raw dataset layout", False),
-    "train": ("dentate_research.cli.train", "train a stage (Hydra: +arch=nnunet|unet|unetr|..., stage=...)", True),
+    "train": ("dentate_research.cli.train", "train a stage (Hydra: arch=nnunet|unet|unetr|..., stage=...)", True),
+    "list-archs": ("dentate_research.cli.list_archs", "list the architectures 'train arch=NAME' accepts", False),
     "segment": ("dentate_research.cli.segment", "two-step DN segmentation of QSM NIfTI files", False),
+    "report": ("dentate_research.cli.report", "rebuild report.html, the QC report of a segment output folder", False),
     "evaluate": ("dentate_research.cli.evaluate",
                  "metrics, rater reliability, baseline comparison and statistics", False),
     "reproduce": ("dentate_research.cli.reproduce", "run the paper's studies and write its tables (Hydra)", True),
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=f"python -m dentate_research {verb}", description=help_text)
         module.add_arguments(parser)
         args = parser.parse_args(rest)
+        from dentate_research.logs import console_logging
+
+        console_logging()  # the library's messages (it logs, never prints) on stderr
         return int(module.run(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C outside a verb's own handling: one line, no traceback, exit 130
         print(f"interrupted ({verb})", file=sys.stderr)

@@ -10,7 +10,8 @@ Examples::
         dry_run=true                                   # print the jobs and the sbatch script, submit nothing
     torchrun --nproc_per_node=2 -m dentate_research train +arch=unet trainer.devices=2   # DDP, 2 processes
 
-``+arch`` is required (the group has no default); ``arch=NAME`` without the plus is accepted too.
+``arch`` is a mandatory config group (``???``: Hydra names the choices when it is missing); ``+arch=NAME`` is
+accepted too, and ``python -m dentate_research list-archs`` lists the architectures without importing torch.
 
 Run folders: an existing non-empty run folder (``hydra.run.dir=R`` or ``paths.run_dir=R``) is refused before
 Hydra writes anything into it, unless ``trainer.resume=true`` (which needs a checkpoint there); two runs that start
@@ -32,24 +33,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dentate_research.schema import CONFIG_DIR, compose, register_configs
+from dentate_research.schema import (
+    CONFIG_DIR,
+    check_train_settings,
+    compose,
+    config_error_line,
+    normalize_overrides,
+    register_configs,
+    train_config,
+)
 from dentate_research.training.rundir import RunDirError, check_run_dir, remove_if_only_hydra
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
 
-_ARCH_OVERRIDE = re.compile(r"^\+{0,2}arch=")
 _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
-
-
-def available_arch_configs() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "arch").glob("*.yaml"))
-
-
-def missing_arch_message() -> str:
-    return ("error: no architecture selected. Add +arch=NAME, e.g.\n"
-            "  python -m dentate_research train +arch=nnunet\n"
-            f"choices: {', '.join(available_arch_configs())}")
 
 
 _RUN_DIR_KEYS = ("hydra.run.dir", "paths.run_dir")
@@ -131,21 +129,32 @@ def _override(argv: list[str], key: str) -> str | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    try:
-        from omegaconf.errors import OmegaConfBaseException
+def check_jobs(argv: list[str], multirun: bool) -> str | None:
+    """Compose every job of ``argv`` (each job of a ``-m`` sweep) and check its settings against the schema
+    (choices, ranges, unknown keys) before Hydra makes a run folder or any data is read; the first error as one
+    line (key, value, what is allowed), or None. Arguments Hydra reads as flags other than ``-m`` skip the check
+    here (the run checks its config again before reading data)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        if isinstance(exc, OmegaConfBaseException):  # "<message>\n    full_key: ...": the first line says it
-            text = text.splitlines()[0] if text else type(exc).__name__
-    except ImportError:  # pragma: no cover
-        pass
-    return " ".join(text.split())
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return None
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    try:
+        jobs = sweep_jobs(OverridesParser.create().parse_overrides(overrides)) if multirun else [overrides]
+        for job in jobs:
+            check_train_settings(train_config(compose("train", [*job, "hydra.job.name=train"],
+                                                      return_hydra_config=True)))
+    except Exception as exc:  # noqa: BLE001 - any composition error is reported as one line
+        return config_error_line(exc)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
-    """``arch=X`` -> ``+arch=X`` (arch has no default, so Hydra would reject the plain override)."""
-    return ["+" + a if a.startswith("arch=") else a for a in argv]
+    """``+arch=X`` -> ``arch=X`` (:func:`dentate_research.schema.normalize_overrides`)."""
+    return normalize_overrides(argv)
 
 
 def run_hydra(argv: list[str]) -> int:
@@ -155,18 +164,17 @@ def run_hydra(argv: list[str]) -> int:
               "package)", file=sys.stderr)
         return 2
     argv = normalize_argv(list(argv))
-    if not any(_ARCH_OVERRIDE.match(a) for a in argv) and not any(a in _INFO_FLAGS for a in argv):
-        print(missing_arch_message(), file=sys.stderr)
-        return 2
-    known = available_arch_configs()
-    for a in argv:
-        if _ARCH_OVERRIDE.match(a):
-            bad = [n for n in a.split("=", 1)[1].split(",") if n and n not in known]
-            if bad:
-                print(f"error: unknown architecture {bad}; choices: {', '.join(known)}", file=sys.stderr)
-                return 2
-
+    if any(a in _INFO_FLAGS for a in argv) and not any(a.startswith("arch=") for a in argv):
+        # Hydra composes the config to show it, and arch is mandatory: show it for one architecture
+        print("note: arch is mandatory; showing the config with arch=unet (python -m dentate_research list-archs "
+              "lists the others)", file=sys.stderr)
+        argv.append("arch=unet")
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    if not any(a in _INFO_FLAGS for a in argv):
+        problem = check_jobs(argv, multirun)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     if any(_DRY_RUN.match(a) for a in argv) and not any(a in _INFO_FLAGS for a in argv):
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
@@ -174,7 +182,7 @@ def run_hydra(argv: list[str]) -> int:
         try:
             return dry_run(argv, multirun)
         except (HydraException, OmegaConfBaseException, ValueError) as exc:
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            print(f"error: {config_error_line(exc)}", file=sys.stderr)
             return 2
     resume = any(_RESUME.match(a) for a in argv)
     # under torchrun only rank 0 checks: the other ranks may start after rank 0 has begun writing the folder
@@ -214,7 +222,7 @@ def run_hydra(argv: list[str]) -> int:
             run_dir = train_stage(cfg, unique_run_dir=unique)
         except (ValueError, FileNotFoundError, FileExistsError, OmegaConfBaseException) as exc:
             # config and data errors (DataError is a ValueError): one line, exit 2, no empty run folder
-            failures.append(_one_line(exc))
+            failures.append(config_error_line(exc))
             print(f"error: {failures[-1]}", file=sys.stderr)
             remove_if_only_hydra(output_dir)
             if os.environ.get("SUBMITIT_EXECUTOR"):  # a launcher's job: fail it, so that the sweep reports it

@@ -35,6 +35,7 @@ every run finished. Without a launcher (the default) runs are trained in this pr
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 import time
@@ -55,6 +56,8 @@ from .paper import PAPER
 from .registry import STUDIES, STUDY_RUNS, look_up_study
 from .settings import StudySettings
 from .tables import provenance_block, write_json
+
+log = logging.getLogger(__name__)
 
 ComposeFn = Callable[[list[str]], Any]
 
@@ -215,8 +218,8 @@ class StudyRunner:
                     shutil.rmtree(run_dir)
             if not configs:
                 continue
-            print(f"[reproduce] {len(configs)} training run(s) as {launcher.cluster} jobs (logs in "
-                  f"{launcher.folder.parent}): {', '.join(keys)}", flush=True)
+            log.info("%d training run(s) as %s jobs (logs in %s): %s", len(configs), launcher.cluster,
+                     launcher.folder.parent, ", ".join(keys))
             t0 = time.perf_counter()
             results = launcher.run(configs, keys)
             for key, result in zip(keys, results, strict=True):
@@ -309,10 +312,10 @@ class StudyRunner:
         written: dict[str, Path] = {}
         for study in self.s.studies:
             t0 = time.perf_counter()
-            print(f"[reproduce] {study} ...", flush=True)
+            log.info("%s ...", study)
             written[study] = look_up_study(study)(self)
             self.timeline.append({"study": study, "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"[reproduce] {study}: {written[study]} ({self.timeline[-1]['seconds']} s)", flush=True)
+            log.info("%s: %s (%s s)", study, written[study], self.timeline[-1]["seconds"])
         prov = self.stamp()
         write_json({**prov, "settings": {k: (str(v) if isinstance(v, Path) else v)
                                          for k, v in self.s.__dict__.items()},

@@ -44,9 +44,9 @@ from numpy.polynomial import legendre
 from scipy.ndimage import binary_dilation, convolve1d, gaussian_filter
 
 from ..data.laterality import lr_axis, mirror_left_right
-from ..schema import AugmentationSettings
+from ..schema import AugmentationSettings, LRFlip
 
-LR_FLIP_MODES = ("none", "swap_labels", "plain")
+LR_FLIP_MODES = LRFlip.words()
 AFFINE_KEY = "world_affine"  # voxel -> world (mm) matrix of the patch grid, passed along in the transform dict
 # ---------------------------------------------------------------- array functions (one channel, X, Y, Z)
 

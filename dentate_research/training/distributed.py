@@ -36,9 +36,10 @@ from typing import Any
 import torch
 
 from ..data.io import DataError
+from ..schema import DistBackend
 
 SHARD_SEED_STRIDE = 10_000
-BACKENDS = ("auto", "gloo", "nccl")
+BACKENDS = DistBackend.words()
 
 
 def shard_seed(seed: int, shard: int) -> int:

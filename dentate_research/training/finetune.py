@@ -15,6 +15,7 @@ on its localizer's crops fine-tunes on the crops of that folder's localizer (unl
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from ..data.io import DataError
 from ..model_contract import card_label_scheme
 from .artifacts import ModelCard
 from .backends import get_backend
+
+log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 
@@ -79,6 +82,6 @@ def apply_init_from(cfg: DictConfig) -> DictConfig:
             OmegaConf.update(cfg, key, value, merge=False)
         cfg.trainer.init_checkpoint = str(checkpoint)
         cfg.init_from = str(run)
-    print(f"[train] fine-tuning from {run} ({card.arch}, {len(card.classes)} classes, spacing "
-          f"{card.target_spacing_mm} mm, patch {card.patch_size})")
+    log.info("fine-tuning from %s (%s, %d classes, spacing %s mm, patch %s)", run, card.arch, len(card.classes),
+             card.target_spacing_mm, card.patch_size)
     return cfg

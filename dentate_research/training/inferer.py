@@ -29,10 +29,10 @@ from monai.inferers import sliding_window_inference
 
 from ..data.geometry import largest_component
 from ..data.labels import LATERAL, swap_left_right_channels
-from ..schema import InfererConfig
+from ..schema import BlendMode, InfererConfig, TTAPolicy
 
-TTA_POLICIES = ("none", "lr_swap", "all_flips_lr_swap")
-BLEND_MODES = ("gaussian", "constant")
+TTA_POLICIES = TTAPolicy.words()
+BLEND_MODES = BlendMode.words()
 ProbsT = TypeVar("ProbsT", np.ndarray, torch.Tensor)
 
 

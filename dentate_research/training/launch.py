@@ -15,10 +15,13 @@ and what the plugin lacks, a dry run:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _CLUSTERS = {"LocalLauncher": "local", "SlurmLauncher": "slurm", "BasicLauncher": None}
 # keys of the launcher node that are not executor parameters
@@ -137,7 +140,7 @@ class JobLauncher:
             return []
         jobs = self.executor.map_array(run_training_job, list(configs))
         for label, job in zip(labels, jobs, strict=True):
-            print(f"[launch] {self.cluster} job {job.job_id}: {label}", flush=True)
+            log.info("%s job %s: %s", self.cluster, job.job_id, label)
         results, failed = [], []
         for label, job in zip(labels, jobs, strict=True):
             try:

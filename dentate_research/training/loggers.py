@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from ..data.atomic import write_csv_atomic
+from ..schema import WandbMode
 
-WANDB_MODES = ("offline", "disabled", "online")
+WANDB_MODES = WandbMode.words()
 
 
 class RunLogger:

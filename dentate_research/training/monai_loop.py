@@ -14,6 +14,7 @@ processes equals a single-process run with ``A = N`` (same patches, same average
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from ..data.atomic import atomic_output
 from ..data.labels import MERGED, network_label_scheme
 from ..models import build_network, get_arch
-from ..schema import TrainerSettings
+from ..schema import LRSchedule, TrainerSettings
 from .augmentation import AugmentationSettings, Augmenter
 from .datasets import PatchSampler
 from .distributed import DistContext, shard_seed
@@ -38,7 +39,9 @@ from .loggers import RunLogger
 from .preprocessing import StageSample
 from .validation import selection_score, stage_metrics
 
-LR_SCHEDULES = ("poly", "cosine", "constant")
+log = logging.getLogger(__name__)
+
+LR_SCHEDULES = LRSchedule.words()
 
 
 @dataclass
@@ -286,10 +289,9 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
         if stop_code:
             stop_reason = "time_budget" if stop_code == 1 else "plateau"
             if main:
-                print(f"[train] {arch}: stopping after epoch {epoch + 1}/{loop.epochs} ({iteration} iterations, "
-                      f"{wall():.0f} s): " + (f"wall-clock budget of {loop.max_minutes} min reached"
-                                              if stop_code == 1 else f"no validation gain > {loop.min_delta} in "
-                                              f"{loop.patience} validations"), flush=True)
+                log.info("%s: stopping after epoch %d/%d (%d iterations, %.0f s): %s", arch, epoch + 1, loop.epochs,
+                         iteration, wall(), f"wall-clock budget of {loop.max_minutes} min reached" if stop_code == 1
+                         else f"no validation gain > {loop.min_delta} in {loop.patience} validations")
             break
     weight_diff = dist.max_weight_diff(network)  # 0.0: the ranks ended with identical weights
     if main:

@@ -14,6 +14,7 @@ very same samples.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,15 +28,18 @@ from ..data.labels import CEREBELLUM_TARGET
 from ..data.labels import label_scheme as segmentation_scheme
 from ..data.laterality import midline_x
 from ..data.manifest import Case
+from ..schema import CropSource, NormalizationScheme, StageName
 from .crops import crop_box_around, localize
 
-STAGES = ("localization", "segmentation")
-NORMALIZATION_SCHEMES = ("zscore_nonzero", "robust_zscore_nonzero", "none")
+log = logging.getLogger(__name__)
+
+STAGES = StageName.words()
+NORMALIZATION_SCHEMES = NormalizationScheme.words()
 # Class names come from data/labels.py: localization predicts CEREBELLUM_TARGET; segmentation a scheme of
 # LABEL_SCHEMES: ``lateral`` trains 0/1/2 (left/right DN in world RAS); ``merged`` trains one DN class (0/1) and the
 # sides are assigned afterwards from world x relative to the cerebellar midline (left-right flips then need no
 # label swap). Either way the pipeline's post-processing assigns sides from world x.
-CROP_SOURCES = ("cerebellum", "dn", "localizer")
+CROP_SOURCES = CropSource.words()
 
 
 def stage_classes(stage: str, label_scheme: str = "lateral") -> list[str]:
@@ -206,8 +210,8 @@ def prepare_segmentation_sample(case: Case, spacing_mm: float | Sequence[float] 
             failed = True
             localized = cerebellum.array > 0 if cerebellum is not None else dn.array > 0
             midline = midline_x(localized, image.affine)
-            print(f"[train] case {case.case_id}: the localizer found no cerebellum; cropping around the true "
-                  f"{'cerebellum' if cerebellum is not None else 'DN'} (a validation case counts as Dice 0)")
+            log.warning("case %s: the localizer found no cerebellum; cropping around the true %s (a validation "
+                        "case counts as Dice 0)", case.case_id, "cerebellum" if cerebellum is not None else "DN")
     elif cerebellum is not None:
         midline = midline_x(cerebellum.array > 0, image.affine)
     if midline is None:
