@@ -2,7 +2,7 @@
 survive interruption, concurrency and bad output locations).
 
 Concurrency and interruption use real processes and real signals (``python -m dentate_research segment`` in
-subprocesses, SIGKILL / SIGINT sent mid-batch).
+subprocesses, SIGKILL / SIGINT / SIGTERM sent mid-batch).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def _metadata_files(out: Path) -> list[Path]:
 def _assert_final_files_whole(out: Path) -> None:
     """Every file under a final name is complete: NIfTI decompresses, JSON/CSV parse, PNG ends with IEND."""
     for path in out.rglob("*"):
-        if not path.is_file() or is_temp_file(path) or path.name.startswith(".volumes"):
+        if not path.is_file() or is_temp_file(path) or path.name.startswith("."):
             continue
+        assert path.stat().st_size > 0, f"0-byte file under a final name: {path}"
         if path.name.endswith(".nii.gz"):
             np.asarray(nib.load(str(path)).dataobj)
         elif path.suffix == ".json":
@@ -131,7 +132,7 @@ def test_three_concurrent_segment_processes_lose_no_row(toy_model, tmp_path):
 
 # ---------------------------------------------------------------- case 3 + 5: SIGKILL, SIGINT, --resume
 
-def test_sigkill_and_sigint_mid_batch_then_resume_completes(toy_model, scans, tmp_path, capsys):
+def test_sigkill_sigint_and_sigterm_mid_batch_then_resume_completes(toy_model, scans, tmp_path, capsys):
     out = tmp_path / "out"
     # SIGKILL right after the first case is committed: the kill lands in the middle of the batch
     proc = _spawn("-i", scans, "-o", out, "--model", toy_model)
@@ -161,15 +162,34 @@ def test_sigkill_and_sigint_mid_batch_then_resume_completes(toy_model, scans, tm
     assert set(pd.read_csv(out / VOLUMES_CSV, dtype={"case": str})["case"]) == set(states)
     assert len(states) < 8, "the batch finished before the signal; use more or slower inputs"
 
+    # --resume again, terminated (SIGTERM, as Slurm's scancel or a job's time limit sends) after one more case
+    n_before = len(_metadata_files(out))
+    proc = _spawn("-i", scans, "-o", out, "--model", toy_model, "--resume")
+    assert _wait_until(lambda: len(_metadata_files(out)) > n_before, proc), proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+    _assert_final_files_whole(out)
+    assert not [p for p in out.rglob("*") if is_temp_file(p)]
+    states = {p.name: case_state(out, p.name) for p in _case_folders(out)}
+    assert set(states.values()) == {"complete"}, states
+    table = pd.read_csv(out / VOLUMES_CSV, dtype={"case": str})
+    assert sorted(table["case"]) == sorted(states) and table["case"].is_unique
+    assert len(states) < 8, "the batch finished before SIGTERM; use more or slower inputs"
+
     # --resume finishes the batch: complete cases are skipped (and stay in volumes.csv), the rest is done
     capsys.readouterr()
     assert segment("-i", scans, "-o", out, "--model", toy_model, "--resume", "--no-overlay") in (0, 4)
     err = capsys.readouterr().err
     assert err.count("SKIP") == len(states)
     table = pd.read_csv(out / VOLUMES_CSV, dtype={"case": str})
-    assert sorted(table["case"]) == [f"s{i}" for i in range(8)]
+    assert sorted(table["case"]) == [f"s{i}" for i in range(8)]  # none lost, none duplicated
     assert all(case_state(out, f"s{i}") == "complete" for i in range(8))
     assert not [p for p in out.rglob("*") if is_temp_file(p)]
+    _assert_final_files_whole(out)
+    report = (out / "report.html").read_text()  # the batch report covers every case after the interruptions
+    assert all(f"s{i}" in report for i in range(8))
 
 
 def test_resume_cleans_a_partial_case(toy_model, scans, tmp_path, capsys):

@@ -16,8 +16,9 @@ Robustness (see :mod:`dentate_research.inference.outputs`): every file is writte
 output location are checked before any work; an error in one input becomes that input's ``failed`` record and
 the batch goes on; Ctrl-C/SIGTERM remove the outputs of the case being written, bring ``volumes.csv`` up to date
 and exit without a traceback; ``--resume`` skips complete cases and redoes partial ones; several processes may
-write into one output folder (``volumes.csv`` is updated under a file lock). The model used (folder, source and
-card name) is printed at start and recorded in every ``X_metadata.json`` (``models``).
+write into one output folder (``volumes.csv`` is updated under a file lock). After every case ``report.html``, the
+batch QC report (:mod:`dentate_research.inference.report`), is rebuilt from what is on disk. The model used
+(folder, source and card name) is printed at start and recorded in every ``X_metadata.json`` (``models``).
 """
 
 from __future__ import annotations
@@ -49,9 +50,16 @@ outputs per input X.nii.gz (DentateSeg layout):
   OUT/X/X_metadata.json           status, flags, warnings, crop box (voxels, mm), models, versions, timings,
                                   "qc": the plausibility measurements behind the QC flags and their thresholds
   OUT/X/X_overlay.png             axial/coronal/sagittal views through the DN
+  OUT/X/X_mosaic.png              small mosaic for the report: axial/coronal/sagittal through each DN
+                                  (canonical RAS, L/R marked; red = 1 = left DN, blue = 2 = right DN)
   OUT/volumes.csv                 one row per input: volume (mm^3) and mean susceptibility (ppm) per side,
                                   status, qc_status, flags, volume ratio, segmenter confidence per side,
                                   NaN/Inf voxels inside the DN per side
+  OUT/report.html                 the batch QC report, one self-contained file (no network, no JavaScript):
+                                  counts, run time, model card; failed and flagged scans first with their flags
+                                  explained; group plots (volume per side with outliers, left vs right, mean
+                                  susceptibility); every scan's mosaic. Rewritten after each case (and into
+                                  --bids-out at the end); 'python -m dentate_research report OUT' rebuilds it
 
 failure policy (never a silent empty mask):
   exit 0  every input segmented, no flags
@@ -92,7 +100,8 @@ guarantees:
                   under a final name, even after SIGKILL); X_metadata.json is written last and lists the case's
                   files and its volumes.csv row
   concurrency     several segment processes may write into one output folder: volumes.csv is rewritten under a
-                  file lock (OUT/.volumes.csv.lock), atomically, and rebuilt from the per-case records
+                  file lock (OUT/.volumes.csv.lock), atomically, and rebuilt from the per-case records; report.html
+                  is rebuilt from the files on disk under its own lock (OUT/.report.html.lock)
   --resume        a case is complete when its X_metadata.json says ok/flagged/failed and every file it lists
                   exists: complete cases are skipped (and kept in volumes.csv), partial ones (e.g. X_seg without
                   metadata, leftover .tmp-* files) are deleted and redone
@@ -124,7 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs of these inputs")
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted batch: skip complete cases, delete and redo partial ones")
-    parser.add_argument("--no-overlay", action="store_true", help="do not write the X_overlay.png quick look")
+    parser.add_argument("--no-overlay", action="store_true",
+                        help="do not write the X_overlay.png quick look (X_mosaic.png, shown in report.html, is "
+                             "always written)")
     parser.add_argument("--bids-out", type=Path, default=None, metavar="DIR",
                         help="also write the results as a BIDS derivatives dataset (dseg + sidecar JSON with QC per "
                              "scan, dataset_description.json, DIR/dentate_volumes.tsv joined with participants.tsv); "
@@ -345,11 +356,65 @@ def _record_error(path: Path, reason: str, message: str, out: Path, predictor: A
         tqdm.write(f"  error: could not record the failure of {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+def _segment_one(args: argparse.Namespace, path: Path, state: str, predictor: Any) -> int:
+    """Segment and record one input (any error of this input becomes its record); its exit code."""
+    from tqdm import tqdm
+
+    from dentate_research.inference.outputs import segment_file
+    from dentate_research.inference.pipeline import SegmentationError
+
+    out: Path = args.output
+    try:
+        written = segment_file(predictor, path, out, overwrite=args.overwrite or state == "partial",
+                               overlay=not args.no_overlay)
+    except FileExistsError as exc:  # another process wrote this case meanwhile: never replace its work
+        tqdm.write(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DataError as exc:
+        tqdm.write(f"error: {exc}", file=sys.stderr)
+        _record_error(path, "bad_input", str(exc), out, predictor)
+        return EXIT_BAD_INPUT
+    except SegmentationError as failure:
+        tqdm.write(f"FAILED {path}: [{failure.reason}] {failure}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # one input's error must not end the batch
+        reason = f"error:{type(exc).__name__}"
+        tqdm.write(f"FAILED {path}: [{reason}] {exc}", file=sys.stderr)
+        _record_error(path, reason, f"{type(exc).__name__}: {exc}", out, predictor)
+        return EXIT_FAILED
+    stats = written.metadata["statistics"]
+    sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
+                      f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm"
+                      for side in (SIDE_NAMES[value] for value in DN_SIDES))
+    tqdm.write(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})", file=sys.stdout)
+    for flag in written.flags:
+        tqdm.write(f"  FLAG {flag}", file=sys.stderr)
+    for warning in written.metadata["warnings"]:
+        tqdm.write(f"  warning: {warning}", file=sys.stderr)
+    return EXIT_FLAGGED if written.flags else EXIT_OK
+
+
+def _refresh_report(out: Path) -> None:
+    """Rebuild OUT/report.html after a case; a failure is reported, never fatal to the batch (the final rebuild
+    reports it as an error)."""
+    from tqdm import tqdm
+
+    from dentate_research.inference.outputs import VOLUMES_CSV
+    from dentate_research.inference.report import write_report
+
+    if not (out / VOLUMES_CSV).is_file():  # nothing recorded yet (e.g. the failure record could not be written)
+        return
+    try:
+        write_report(out)
+    except Exception as exc:  # the report must not stop the segmentation of the batch
+        tqdm.write(f"  warning: report.html not updated: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, str], predictor: Any) -> int:
     from tqdm import tqdm
 
-    from dentate_research.inference.outputs import case_name, load_case_record, rebuild_volumes_table, segment_file
-    from dentate_research.inference.pipeline import SegmentationError
+    from dentate_research.inference.outputs import VOLUMES_CSV, case_name, load_case_record, rebuild_volumes_table
+    from dentate_research.inference.report import write_report
 
     out: Path = args.output
     codes: list[int] = []
@@ -366,56 +431,36 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
                 codes.append(_STATUS_CODE.get(status, EXIT_FAILED))
                 n_skipped += 1
                 continue
-            try:
-                written = segment_file(predictor, path, out, overwrite=args.overwrite or state == "partial",
-                                       overlay=not args.no_overlay)
-            except FileExistsError as exc:  # another process wrote this case meanwhile: never replace its work
-                tqdm.write(f"error: {exc}", file=sys.stderr)
-                codes.append(EXIT_BAD_INPUT)
-                continue
-            except DataError as exc:
-                tqdm.write(f"error: {exc}", file=sys.stderr)
-                _record_error(path, "bad_input", str(exc), out, predictor)
-                codes.append(EXIT_BAD_INPUT)
-                continue
-            except SegmentationError as failure:
-                tqdm.write(f"FAILED {path}: [{failure.reason}] {failure}", file=sys.stderr)
-                codes.append(EXIT_FAILED)
-                continue
-            except Exception as exc:  # one input's error must not end the batch
-                reason = f"error:{type(exc).__name__}"
-                tqdm.write(f"FAILED {path}: [{reason}] {exc}", file=sys.stderr)
-                _record_error(path, reason, f"{type(exc).__name__}: {exc}", out, predictor)
-                codes.append(EXIT_FAILED)
-                continue
-            stats = written.metadata["statistics"]
-            sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
-                              f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm"
-                              for side in (SIDE_NAMES[value] for value in DN_SIDES))
-            tqdm.write(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})", file=sys.stdout)
-            for flag in written.flags:
-                tqdm.write(f"  FLAG {flag}", file=sys.stderr)
-            for warning in written.metadata["warnings"]:
-                tqdm.write(f"  warning: {warning}", file=sys.stderr)
-            codes.append(EXIT_FLAGGED if written.flags else EXIT_OK)
+            codes.append(_segment_one(args, path, state, predictor))
+            _refresh_report(out)  # after every finished case: an interrupted batch has the report of what is done
         current = None
+        bids_out = getattr(args, "bids_out", None)
         try:
             rebuild_volumes_table(out)
-            if getattr(args, "bids_out", None) is not None:
+            if bids_out is not None:
                 from dentate_research.inference.bids_derivatives import export_bids_derivatives
 
-                table = export_bids_derivatives(out, args.bids_out, participants=args.participants,
+                table = export_bids_derivatives(out, bids_out, participants=args.participants,
                                                 model_name=str(getattr(predictor, "model_info", {}).get("card_name")
                                                                or ""))
-                print(f"BIDS derivatives: {args.bids_out}/ (group table {table})", file=sys.stderr)
+                print(f"BIDS derivatives: {bids_out}/ (group table {table})", file=sys.stderr)
         except (DataError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            codes.append(EXIT_BAD_INPUT)
+        try:
+            if (out / VOLUMES_CSV).is_file():  # else nothing was recorded: no report
+                report = write_report(out, also_to=[bids_out] if bids_out is not None and bids_out.is_dir() else [])
+                print(f"report: {', '.join(str(p) for p in report.paths)} ({report.line()})", file=sys.stderr)
+        except Exception as exc:  # the outputs are written; a report that cannot be is an error, not a crash
+            print(f"error: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
             codes.append(EXIT_BAD_INPUT)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         _set_handlers(signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
         with contextlib.suppress(Exception):  # best effort; --resume rebuilds it too
             rebuild_volumes_table(out)
+        with contextlib.suppress(Exception):  # best effort; 'report OUT' or --resume rebuilds it too
+            write_report(out)
         done = len(codes) - n_skipped
         print(f"interrupted ({signal.Signals(signum).name}) while processing {current or 'the batch'}: "
               f"{done} input(s) finished, {len(inputs) - len(codes)} not; no partial output is left under a final "
@@ -424,6 +469,6 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
     code = _worst(codes)
     n_bad = sum(c != EXIT_OK for c in codes)
     skipped = f", {n_skipped} skipped as complete" if n_skipped else ""
-    print(f"{len(inputs) - n_bad}/{len(inputs)} ok{skipped}; results in {args.output}/ (volumes.csv, "
+    print(f"{len(inputs) - n_bad}/{len(inputs)} ok{skipped}; results in {args.output}/ (volumes.csv, report.html, "
           f"*/X_metadata.json); exit code {code}", file=sys.stderr)
     return code

@@ -15,11 +15,13 @@ For an input ``X.nii.gz`` (or ``X.nii``) and output folder ``out/``::
                                     (dirs + model.json), package versions, timings per step, DN statistics,
                                     ``qc``: plausibility metrics and thresholds (:mod:`.qc`)
     out/X/X_overlay.png             axial / coronal / sagittal views through the DN (quick look)
+    out/X/X_mosaic.png              small mosaic: axial / coronal / sagittal through each DN (for report.html)
     out/volumes.csv                 one row per input: DN volume (mm^3) and mean susceptibility (ppm) per side,
                                     status, qc_status, flags (";"-separated), volume ratio, mean segmenter
                                     confidence per side (``left_confidence``, ``right_confidence``), NaN/Inf
                                     voxels inside the DN per side (``left_nonfinite_voxels``, ...; excluded
                                     from the mean susceptibility)
+    out/report.html                 the batch QC report (:mod:`.report`; written by ``segment`` after each case)
 
 For a failed input (localizer found nothing, no DN, unreadable input, any other error of that input) only
 ``X_metadata.json`` (``status: failed``, ``failure_reason``), the cerebellar mask if localization ran, and a
@@ -61,6 +63,7 @@ from dentate_research.data.atomic import (
     file_lock,
     is_temp_file,
     remove_temp_files,
+    write_bytes_atomic,
     write_csv_atomic,
     write_figure_atomic,
     write_json_atomic,
@@ -89,7 +92,11 @@ OUTPUT_SUFFIXES = {
     "cropped_seg": "_cropped_seg.nii.gz",
     "metadata": "_metadata.json",
     "overlay": "_overlay.png",
+    "mosaic": "_mosaic.png",
 }
+# Quick looks that may be made after the case was committed (report.html makes a missing mosaic for an output folder
+# written before mosaics existed): an unlisted one does not make a complete case partial.
+REGENERABLE_OUTPUTS = ("mosaic",)
 
 
 def case_name(path: Path | str) -> str:
@@ -202,7 +209,7 @@ def case_state(out_dir: Path | str, name: str) -> str:
         return "partial"
     if any(not (folder / str(fname)).is_file() for fname in listed.values()):
         return "partial"
-    if existing - set(listed):  # e.g. an X_seg beside a failure record
+    if existing - set(listed) - set(REGENERABLE_OUTPUTS):  # e.g. an X_seg beside a failure record
         return "partial"
     return "complete"
 
@@ -483,6 +490,8 @@ def write_case_outputs(result: SegmentationResult, metadata: PredictorMetadata, 
             written.append(save_overlay_png(
                 result.cropped_image, result.cropped_labels, paths["overlay"],
                 title=f"{name}: {result.status}" + (f" ({'; '.join(result.flags)})" if result.flags else "")))
+        written.append(save_mosaic_png(result.cropped_image, result.cropped_labels, paths["mosaic"],
+                                       title=f"{name}: {result.status}"))
         timings = {**result.timings_s, "write": time.perf_counter() - t0}
         record = _base_metadata(name, volume, metadata, timings)
         row = {"case": name, "input": record["input"], "status": result.status, **result.statistics,
@@ -582,6 +591,80 @@ def segment_file(predictor: DentatePredictor, path: Path | str, out_dir: Path | 
     return write_case_outputs(result, metadata, out_dir, overwrite=overwrite, overlay=overlay)
 
 
+# ---------------------------------------------------------------------------------------------- quick-look images
+DN_COLOURS = {LEFT_DN: (0.9, 0.1, 0.1), RIGHT_DN: (0.1, 0.4, 1.0)}  # red = left DN (1), blue = right DN (2)
+_DN_ALPHA = 0.55
+
+
+@dataclass(frozen=True)
+class SlicePanel:
+    """One 2D view of a canonical-RAS grid, ready for ``imshow(..., origin="lower")``.
+
+    Attributes:
+        title: panel title.
+        image, labels: 2D slices (rows = the vertical axis, columns = the horizontal one).
+        aspect: pixel height / width (mm / mm), so anatomy keeps its proportions.
+        edges: orientation letters at the left and right edge (``L``/``R`` or ``P``/``A``).
+    """
+
+    title: str
+    image: np.ndarray
+    labels: np.ndarray
+    aspect: float
+    edges: tuple[str, str]
+
+
+def _check_ras(image: Volume) -> None:
+    codes = "".join(nib.aff2axcodes(image.affine))
+    if codes != "RAS":
+        raise ValueError(f"quick-look images need a canonical RAS grid (data.io.load_image), got {codes}")
+
+
+def ras_slice_panel(image: Volume, labels: np.ndarray, view: str, index: int, title: str) -> SlicePanel:
+    """``axial`` (z = index; x across, y up), ``coronal`` (y = index; x across, z up) or ``sagittal`` (x = index;
+    y across, z up) slice of a canonical-RAS image and its labels, in neurological convention (subject's left on
+    the left of axial and coronal views, anterior on the right of sagittal ones)."""
+    sx, sy, sz = image.spacing
+    array = image.array
+    i = int(np.clip(index, 0, array.shape[{"axial": 2, "coronal": 1, "sagittal": 0}[view]] - 1))
+    if view == "axial":
+        return SlicePanel(title, array[:, :, i].T, labels[:, :, i].T, sy / sx, ("L", "R"))
+    if view == "coronal":
+        return SlicePanel(title, array[:, i, :].T, labels[:, i, :].T, sz / sx, ("L", "R"))
+    return SlicePanel(title, array[i].T, labels[i].T, sz / sy, ("P", "A"))
+
+
+def dn_centre_voxel(labels: np.ndarray, value: int | None = None) -> tuple[int, int, int] | None:
+    """Voxel centroid (rounded) of label ``value`` (any DN label if None); None when it is empty."""
+    idx = np.argwhere(labels > 0 if value is None else labels == value)
+    if not idx.size:
+        return None
+    return tuple(int(round(c)) for c in idx.mean(axis=0))  # type: ignore[return-value]
+
+
+def _intensity_window(array: np.ndarray) -> tuple[float, float]:
+    finite = array[np.isfinite(array)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, [1, 99])
+    return float(low), float(high if high > low else low + 1e-6)
+
+
+def _draw_panel(ax: Any, panel: SlicePanel, window: tuple[float, float], fontsize: float = 9) -> None:
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap([(0, 0, 0, 0), (*DN_COLOURS[LEFT_DN], _DN_ALPHA), (*DN_COLOURS[RIGHT_DN], _DN_ALPHA)])
+    ax.imshow(panel.image, cmap="gray", origin="lower", vmin=window[0], vmax=window[1], aspect=panel.aspect,
+              interpolation="nearest")
+    ax.imshow(panel.labels, cmap=cmap, vmin=0, vmax=2, origin="lower", aspect=panel.aspect, interpolation="nearest")
+    ax.set_title(panel.title, fontsize=fontsize)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    lo, hi = panel.edges
+    ax.text(0.02, 0.5, lo, transform=ax.transAxes, color="yellow", fontsize=fontsize + 2, va="center")
+    ax.text(0.98, 0.5, hi, transform=ax.transAxes, color="yellow", fontsize=fontsize + 2, va="center", ha="right")
+
+
 def save_overlay_png(image: Volume, labels: np.ndarray, path: Path | str, title: str = "") -> Path:
     """Axial, coronal and two sagittal slices (through each DN) of a canonical-RAS crop with the DN overlaid.
 
@@ -592,38 +675,25 @@ def save_overlay_png(image: Volume, labels: np.ndarray, path: Path | str, title:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
+    _check_ras(image)
     path = Path(path)
-    array = image.array
-    sx, sy, sz = image.spacing
-    centre_all = np.argwhere(labels > 0).mean(axis=0) if np.any(labels > 0) else np.asarray(labels.shape) / 2
-    cx, cy, cz = (int(round(c)) for c in centre_all)
+    cx, cy, cz = dn_centre_voxel(labels) or tuple(int(n // 2) for n in labels.shape)
 
     def side_x(value: int) -> int:
-        idx = np.argwhere(labels == value)
-        return int(round(idx[:, 0].mean())) if idx.size else cx
+        centre = dn_centre_voxel(labels, value)
+        return cx if centre is None else centre[0]
 
-    finite = array[np.isfinite(array)]
-    vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-    cmap = ListedColormap([(0, 0, 0, 0), (0.9, 0.1, 0.1, 0.55), (0.1, 0.4, 1.0, 0.55)])
     panels = [
-        (f"axial z={cz}", array[:, :, cz].T, labels[:, :, cz].T, sy / sx, ("L", "R")),
-        (f"coronal y={cy}", array[:, cy, :].T, labels[:, cy, :].T, sz / sx, ("L", "R")),
-        (f"sagittal left DN x={side_x(LEFT_DN)}", array[side_x(LEFT_DN)].T, labels[side_x(LEFT_DN)].T,
-         sz / sy, ("P", "A")),
-        (f"sagittal right DN x={side_x(RIGHT_DN)}", array[side_x(RIGHT_DN)].T, labels[side_x(RIGHT_DN)].T,
-         sz / sy, ("P", "A")),
+        ras_slice_panel(image, labels, "axial", cz, f"axial z={cz}"),
+        ras_slice_panel(image, labels, "coronal", cy, f"coronal y={cy}"),
+        ras_slice_panel(image, labels, "sagittal", side_x(LEFT_DN), f"sagittal left DN x={side_x(LEFT_DN)}"),
+        ras_slice_panel(image, labels, "sagittal", side_x(RIGHT_DN), f"sagittal right DN x={side_x(RIGHT_DN)}"),
     ]
+    window = _intensity_window(image.array)
     fig, axes = plt.subplots(1, 4, figsize=(14, 4))
-    for ax, (label, img, lab, aspect, (lo, hi)) in zip(axes, panels, strict=True):
-        ax.imshow(img, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
-        ax.imshow(lab, cmap=cmap, vmin=0, vmax=2, origin="lower", aspect=aspect, interpolation="nearest")
-        ax.set_title(label, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.text(0.02, 0.5, lo, transform=ax.transAxes, color="yellow", fontsize=11, va="center")
-        ax.text(0.98, 0.5, hi, transform=ax.transAxes, color="yellow", fontsize=11, va="center", ha="right")
+    for ax, panel in zip(axes, panels, strict=True):
+        _draw_panel(ax, panel, window)
     fig.suptitle(title or "DN overlay (red = left, blue = right)", fontsize=10)
     fig.tight_layout()
     try:
@@ -631,3 +701,49 @@ def save_overlay_png(image: Volume, labels: np.ndarray, path: Path | str, title:
     finally:
         plt.close(fig)
     return path
+
+
+def figure_png_bytes(fig: Any, **savefig_kwargs: Any) -> bytes:
+    """A matplotlib figure rendered to PNG bytes in memory (no file is written)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **savefig_kwargs)
+    return buffer.getvalue()
+
+
+def mosaic_png(image: Volume, labels: np.ndarray, title: str = "") -> bytes:
+    """A small quick-look mosaic (PNG bytes, ~430 x 330 px) of a canonical-RAS image and its DN labels.
+
+    One row per nucleus (left DN = label 1, red; right DN = label 2, blue; legend below), each with the axial,
+    coronal and sagittal slice through that nucleus' centroid (the other nucleus' centroid, else the grid centre,
+    when it is empty). Axial and coronal views show the subject's left on the left (``L`` / ``R`` marks), sagittal
+    views anterior on the right (``P`` / ``A``). Built on a bare ``Figure`` (Agg, no pyplot state): ~0.1-0.2 s.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    _check_ras(image)
+    fallback = dn_centre_voxel(labels) or tuple(int(n // 2) for n in labels.shape)
+    window = _intensity_window(image.array)
+    fig = Figure(figsize=(5.4, 4.1), dpi=80)
+    axes = fig.subplots(2, 3)
+    for row, value in zip(axes, (LEFT_DN, RIGHT_DN), strict=True):
+        centre = dn_centre_voxel(labels, value)
+        x, y, z = centre or fallback
+        side = SIDE_NAMES[value] + (" DN" if centre is not None else " DN (none)")
+        views = (("axial", z, f"{side} axial z={z}"), ("coronal", y, f"{side} coronal y={y}"),
+                 ("sagittal", x, f"{side} sagittal x={x}"))
+        for ax, (view, index, label) in zip(row, views, strict=True):
+            _draw_panel(ax, ras_slice_panel(image, labels, view, index, label), window, fontsize=6.5)
+    fig.legend(handles=[Patch(color=DN_COLOURS[v], label=f"{v} = {SIDE_NAMES[v]} DN") for v in (LEFT_DN, RIGHT_DN)],
+               loc="lower center", ncol=2, fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9 if title else 0.95, bottom=0.08, wspace=0.04, hspace=0.22)
+    return figure_png_bytes(fig)
+
+
+def save_mosaic_png(image: Volume, labels: np.ndarray, path: Path | str, title: str = "") -> Path:
+    """Write :func:`mosaic_png` to ``path`` atomically (``X_mosaic.png``, shown per scan in ``report.html``)."""
+    return write_bytes_atomic(path, mosaic_png(image, labels, title))
