@@ -8,6 +8,7 @@ DentatePredictor that ``segment`` uses (the model's own localizer both times). W
 learning_curve.png and the fine-tuned run into ``--out``.
 
     python benchmarks/bench_finetune.py --out work_data/bench_finetune            # shipped model, siteH
+    python benchmarks/bench_finetune.py --preset hard --site siteI --n-tune 6 --out work_data/bench_finetune_hard
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="two-step model folder, or 'default' (shipped)")
     parser.add_argument("--site", default="siteH")
+    parser.add_argument("--preset", default="cpu", choices=("cpu", "hard"),
+                        help="phantom preset of the new site's scans (hard: partial coverage, veins, ringing, ...)")
     parser.add_argument("--seed", type=int, default=7, help="phantom seed of the new site's scans")
     parser.add_argument("--n-tune", type=int, default=12, help="traced scans for fine-tuning (one validates)")
     parser.add_argument("--n-test", type=int, default=8, help="held-out scans of the site")
@@ -65,6 +68,7 @@ def main() -> int:
     import torch
 
     from dentate_research.cli.reproduce import compose_train_config
+    from dentate_research.data.atomic import write_text_atomic
     from dentate_research.data.manifest import read_manifest
     from dentate_research.data.phantom import generate_dataset
     from dentate_research.training.api import train_stage
@@ -76,7 +80,7 @@ def main() -> int:
         return 2
     loc, seg = resolve_init_run(args.model, "localization"), resolve_init_run(args.model, "segmentation")
     t0 = time.perf_counter()
-    manifest = generate_dataset(args.out / "data", preset="cpu", seed=args.seed, n_jobs=2, sites=[args.site],
+    manifest = generate_dataset(args.out / "data", preset=args.preset, seed=args.seed, n_jobs=2, sites=[args.site],
                                 n_subjects_per_site=args.n_tune + args.n_test)
     cases = read_manifest(manifest)
     subjects = sorted({c.subject for c in cases})
@@ -104,13 +108,13 @@ def main() -> int:
     summary = table.groupby(["method", "side"])["dice"].agg(["mean", "std", "min"]).reset_index()
     load = os.getloadavg()
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    lines = [f"# Fine-tuning on {args.site} (phantom seed {args.seed}), reference {args.rater}", "",
+    lines = [f"# Fine-tuning on {args.site} ({args.preset} phantoms, seed {args.seed}), reference {args.rater}", "",
              f"Model {args.model}; {len(train)} tune + {len(val)} val scans, {len(test)} held-out test scans; "
              f"fine-tuning {tune_s / 60:.1f} min ({int(metrics['iteration'].max())} iterations, load average "
              f"{load[0]:.1f}).", "", "| method | side | Dice mean | SD | min |", "|---|---|---|---|---|"]
     lines += [f"| {r.method} | {r.side} | {r['mean']:.3f} | {r['std']:.3f} | {r['min']:.3f} |"
               for _, r in summary.iterrows()]
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(args.out / "summary.md", "\n".join(lines) + "\n")
     from dentate_research.evaluation.plots import learning_curves_plot
 
     learning_curves_plot({"fine-tuning": run_dir / "metrics.csv"}, args.out / "learning_curve.png")

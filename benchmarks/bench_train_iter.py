@@ -23,8 +23,8 @@ from monai.losses import DiceCELoss
 from omegaconf import OmegaConf
 
 from dentate_research.models import available_architectures, build_network, count_parameters, get_arch
-from dentate_research.schema import CONFIG_DIR
-from dentate_research.training.monai_loop import LoopSettings, make_optimizer
+from dentate_research.schema import CONFIG_DIR, trainer_settings
+from dentate_research.training.monai_loop import make_optimizer
 
 
 def nnunet_network(patch: int) -> torch.nn.Module:
@@ -62,7 +62,7 @@ def bench(name: str, patch: int, batch: int, iters: int, warmup: int, cpu_sized:
         if cpu_sized:
             kwargs.update(cpu_sized_kwargs(name))
         net = build_network(name, 1, 3, (patch,) * 3, kwargs)
-    loop = LoopSettings.from_trainer({"epochs": 1, "iterations_per_epoch": 1})
+    loop = trainer_settings({"epochs": 1, "iterations_per_epoch": 1})
     optimizer = make_optimizer(net.parameters(), name, loop)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     x = torch.randn(batch, 1, patch, patch, patch)

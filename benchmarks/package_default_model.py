@@ -7,8 +7,8 @@ generator did not make. This script copies the chosen model's inference files in
 the benchmark's figures for this candidate) and ``evaluation.csv`` (the candidate's per-scan rows of the benchmark).
 Nothing is measured here, so the card shows exactly the benchmark's numbers.
 
-    python benchmarks/package_default_model.py --model work_data/default_model_robust \\
-        --bench work_data/bench_default_model --candidate robust \\
+    python benchmarks/package_default_model.py --model work_data/default_model_refined \\
+        --bench work_data/bench_refined --candidate refined \\
         --out dentate_research/assets/default_model --overwrite
 """
 
@@ -70,7 +70,17 @@ def card_text(model: Path, bench: Path, candidate: str, command: str) -> str:
     aug = config["augmentation"]
     dr = {k: aug[k] for k in sorted(aug) if k.endswith("_prob") and aug[k]}
     log = model / "training_log.json"  # written by benchmarks/train_default_model.py
-    aug_name = json.loads(log.read_text())["segmentation"]["augmentation"] if log.is_file() else "see config"
+    seg_log = json.loads(log.read_text())["segmentation"] if log.is_file() else {}
+    aug_name = seg_log.get("augmentation", "see config")
+    refined = []
+    if seg_log.get("refined_from"):  # train_default_model.py --refine-from: a second phase from the best weights
+        first = Path(seg_log["refined_from"]) / "segmentation"
+        refined = [f"- segmenter, first phase (`{first.parent.name}`): {stop_text(first)}; validation mean Dice: "
+                   f"{learning_curve(first, 'val_dice_mean')}",
+                   f"- segmenter, refinement: continued from the first phase's best weights with a fresh poly "
+                   f"learning-rate decay from {seg_log['lr']:g} to 0 over {seg_log['epochs']} x 50 iterations, same "
+                   "data, split and augmentation (the first phase stopped on its plateau with the learning rate "
+                   "still at ~45 % of its start)"]
     bench_line = (bench / "summary.md").read_text().splitlines()[0]  # "Made by `<command>` (load average ...)."
     summary = pd.read_csv(bench / "summary.csv")
     confusion = pd.read_csv(bench / "qc_confusion.csv")
@@ -86,7 +96,9 @@ def card_text(model: Path, bench: Path, candidate: str, command: str) -> str:
              f"trained and validated on the crops of the localizer above (margin {seg_card['crop'].get('margin_mm')} "
              f"mm); {stop_text(seg)}",
              f"- augmentation: `{aug_name}` (probabilities {dr}; ranges in `segmentation/config.yaml`)",
-             f"- segmenter validation mean Dice vs iterations and wall time: {learning_curve(seg, 'val_dice_mean')}",
+             *refined,
+             f"- segmenter validation mean Dice vs iterations and wall time{' (refinement)' if refined else ''}: "
+             f"{learning_curve(seg, 'val_dice_mean')}",
              f"- localizer validation cerebellum Dice: {learning_curve(loc, 'val_dice_cerebellum')}",
              "", "## Benchmark", "",
              f"{bench_line} This model is `{candidate}` there; no stage saw any of these scans (see "
@@ -104,6 +116,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
+    from dentate_research.data.atomic import write_csv_atomic, write_text_atomic
     from dentate_research.inference.default_model import install_model
 
     per_case = pd.read_csv(args.bench / "per_case.csv")
@@ -116,8 +129,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:  # build beside the target, then swap in
         packaged = Path(tmp) / "packaged"
         install_model(args.model, packaged)
-        (packaged / "MODEL_CARD.md").write_text(card_text(args.model, args.bench, args.candidate, command))
-        per_case.to_csv(packaged / "evaluation.csv", index=False)
+        write_text_atomic(packaged / "MODEL_CARD.md", card_text(args.model, args.bench, args.candidate, command))
+        write_csv_atomic(per_case, packaged / "evaluation.csv")
         if args.out.exists():
             shutil.rmtree(args.out)
         shutil.move(str(packaged), str(args.out))

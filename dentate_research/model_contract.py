@@ -2,7 +2,7 @@
 
 One owner for what a trained stage is, below models, training and inference in the layering
 (data -> models -> training -> inference -> ...): training writes cards and implements the protocol
-(:mod:`dentate_research.training.artifacts`: ``NetworkStageModel``, ``load_stage``), inference only relies on
+(:mod:`dentate_research.runtime.stage_model`: ``NetworkStageModel``, ``load_stage``), inference only relies on
 it, so inference can be read and tested without knowing how a model was trained (MONAI network, nnU-Net, ...).
 Needs numpy and nibabel only (no torch), so importing inference stays cheap.
 """
@@ -19,6 +19,7 @@ import numpy as np
 from .data.atomic import write_text_atomic
 from .data.io import DataError, Volume
 from .data.labels import CEREBELLUM_TARGET, LATERAL, MERGED, LabelScheme, network_label_scheme
+from .schema import CropSettings
 
 MODEL_CARD_VERSION = 1
 STAGES = ("localization", "segmentation")
@@ -37,7 +38,8 @@ class ModelCard:
         classes: class names by label value (``["background", "left_dn", "right_dn"]``).
         target_spacing_mm: voxel size the network works at (mm, canonical RAS axes x, y, z).
         patch_size: training patch = sliding window (voxels).
-        normalization: ``{"scheme": ..., "clip_percentiles": [...]}`` (see ``normalize_intensity``).
+        normalization: ``{"scheme": ..., "clip_percentiles": [...]}``
+            (:func:`dentate_research.runtime.normalization.normalize_intensity`).
         inferer: sliding-window settings (overlap, Gaussian blending, TTA policy).
         postprocess: ``{"largest_component_per_class": bool}``.
         localization_target: what the localizer predicts (``cerebellum``), None for segmentation.
@@ -86,7 +88,7 @@ class ModelCard:
 
     @property
     def crop_margin_mm(self) -> float:
-        return float(self.crop.get("margin_mm", 0.0))
+        return float(self.crop.get("margin_mm", CropSettings.margin_mm))  # cards without it: the schema's
 
     def to_json(self, path: Path | str) -> Path:
         path = Path(path)
@@ -126,7 +128,7 @@ class StageModel(Protocol):
     0 / 1 = left DN / 2 = right DN in world RAS. Resampling, normalization, sliding-window inference and
     test-time augmentation happen inside ``predict``. ``card`` is the :class:`ModelCard` (or a dict with its fields).
     Optional: ``predict_probabilities(volume) -> (probs (C, X, Y, Z), grid Volume)`` on the network grid; when
-    present the pipeline localizes on the coarse grid (see :func:`dentate_research.training.crops.localize`).
+    present the pipeline localizes on the coarse grid (see :func:`dentate_research.runtime.crops.localize`).
     Optional: ``predict_with_confidence(volume) -> (labels, max_probability)``, both on the input grid, the second
     the per-voxel maximum over classes of the softmax probabilities; when a segmenter has it the pipeline checks
     its confidence inside the predicted DN (:mod:`dentate_research.inference.qc`), otherwise confidence is recorded

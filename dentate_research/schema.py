@@ -28,6 +28,21 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 SCHEMA_NAME = "train_schema"
 
+REFERENCE_RATER = "rater1"
+"""The rater whose tracings train the models and score them by default (``data.label_rater``, ``rater``, the
+``evaluate`` verb, the baseline template); ``true`` is the phantom truth."""
+
+
+def arch_config_kwargs(name: str) -> dict[str, Any]:
+    """The keyword arguments of architecture ``name`` as ``configs/arch/<name>.yaml`` states them: the one place an
+    architecture's settings are written (the registry's defaults and ``train arch=NAME`` both read this file).
+    KeyError naming the files for an unknown name."""
+    path = CONFIG_DIR / "arch" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "arch").glob("*.yaml"))
+        raise KeyError(f"no architecture config {path.name}; configs/arch has: {', '.join(known)}")
+    return dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True).get("kwargs") or {})  # type: ignore[union-attr]
+
 
 # ------------------------------------------------------------------------------------------------- choices
 class Choice(str, Enum):
@@ -140,7 +155,7 @@ class DataSettings:
     name: str = "manifest"
     manifest: str = MISSING  # path of the manifest.tsv
     root: str = "${paths.data_dir}"  # splits are read from ${data.root}/splits/splits.json (or set split.file)
-    label_rater: Any = "rater1"  # rater whose tracing is the training label ('true' = phantom truth)
+    label_rater: Any = REFERENCE_RATER  # rater whose tracing is the training label ('true' = phantom truth)
     create_splits_if_missing: bool = False
     generate_if_missing: GenerateSettings | None = None
     grid: StageGrids = field(default_factory=StageGrids)
@@ -435,8 +450,8 @@ class StudyDataSettings:
 class StudySplitSettings:
     """Subject-level splits of the study (data.splits.make_splits)."""
 
-    n_folds: int = 5
-    test_fraction: float = 0.2  # fraction of each development site's subjects held out as internal test
+    n_folds: int = SplitSettings.n_folds
+    test_fraction: float = SplitSettings.test_fraction  # fraction of each development site's subjects held out
     external_sites: list[str] = field(default_factory=list)  # never used for training, planning or normalization
     seed: int = 0
 
@@ -467,12 +482,13 @@ class ReproduceConfig:
     device: str = "cpu"
     seed: int = 0
     reuse_runs: bool = True
-    # cohort (T1), reliability (T2), architectures (T3), two_step (T4), external (T5), loso (T6), failure_modes (T7)
-    studies: list[str] = field(default_factory=lambda: ["cohort", "reliability", "architectures", "two_step",
-                                                        "external", "loso", "failure_modes"])
+    # the studies to run, in this order: names of studies registered in dentate_research/studies/ (one Study
+    # object each, e.g. cohort = T1); "all" = every registered study in table order. An unknown name is an error
+    # naming the allowed ones when the settings are built (studies.registry.expand_studies).
+    studies: list[str] = field(default_factory=lambda: ["all"])
     data: StudyDataSettings = field(default_factory=StudyDataSettings)
     splits: StudySplitSettings = field(default_factory=StudySplitSettings)
-    rater: str = "rater1"  # training label and evaluation reference
+    rater: str = REFERENCE_RATER  # training label and evaluation reference
     architectures: list[str] = field(default_factory=lambda: ["unet"])  # T3
     pipeline_arch: str = "unet"  # the two-step model's segmenter in T4-T7
     localizer_arch: str = "unet"
@@ -516,6 +532,12 @@ def compose(config_name: str = "train", overrides: Sequence[str] = (), *, config
     with initialize_config_dir(config_dir=str(directory.resolve()), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides),
                              return_hydra_config=return_hydra_config)
+
+
+def trainer_settings(trainer: Mapping[str, Any] | TrainerSettings | None = None) -> TrainerSettings:
+    """The typed :class:`TrainerSettings` of a (partial) trainer config: absent keys take the schema's defaults."""
+    merged = OmegaConf.merge(OmegaConf.structured(TrainerSettings), trainer or {})
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 def normalize_overrides(overrides: Sequence[str]) -> list[str]:

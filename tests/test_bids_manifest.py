@@ -194,7 +194,7 @@ def test_pattern_may_name_a_skipped_folder_literally(tmp_path):
 
 
 def test_segment_reads_a_pipelines_derivatives(tmp_path, capsys):
-    from dentate_research.cli.segment import collect_inputs
+    from dentate_research.inference.batch import collect_inputs
 
     root = make_qsmxt_dataset(tmp_path / "bids")
     assert collect_inputs([root]) == [root / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"]

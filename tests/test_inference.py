@@ -16,7 +16,7 @@ from dentate_research.data.overlap import dice
 from dentate_research.data.postprocess import postprocess_dn_labels, side_statistics
 from dentate_research.inference import DentatePredictor, SegmentationError
 from dentate_research.inference.outputs import OUTPUT_SUFFIXES, VOLUMES_CSV, case_output_paths, segment_file
-from dentate_research.training.artifacts import load_stage
+from dentate_research.runtime.stage_model import load_stage
 
 
 @pytest.fixture(scope="session")

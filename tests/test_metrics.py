@@ -194,3 +194,17 @@ def test_ppb_images_are_converted_to_ppm_and_unknown_units_rejected(tmp_path):
     case.meta["units"] = "Hz"
     with pytest.raises(ValueError, match="units 'hz'"):
         evaluate_cases([case], {"c": lab}, method="m", progress=False)
+
+
+def test_a_metric_is_one_entry_of_side_metrics(monkeypatch):
+    """Adding a per-side metric is one entry of SIDE_METRICS: evaluate_case returns it for both sides."""
+    from dentate_research.evaluation import metrics
+
+    monkeypatch.setitem(metrics.SIDE_METRICS, "voxels_pred", lambda m: float(m.pred.sum()))
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[2:5, 4:7, 4:7] = 1
+    labels[7:10, 4:7, 4:7] = 2
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    rows = metrics.evaluate_case(Volume(labels, affine), Volume(labels, affine))
+    assert [r["voxels_pred"] for r in rows] == [27.0, 27.0]
+    assert all(r["volume_pred_mm3"] == pytest.approx(27 * 8.0) and r["dice"] == 1.0 for r in rows)

@@ -18,7 +18,8 @@ from dentate_research.data.laterality import LEFT_DN, RIGHT_DN
 from dentate_research.inference import DentatePredictor
 from dentate_research.inference.outputs import VOLUMES_CSV, segment_file
 from dentate_research.inference.qc import QCThresholds, qc_status, quality_check
-from dentate_research.training.artifacts import ModelCard, NetworkStageModel, load_stage
+from dentate_research.model_contract import ModelCard
+from dentate_research.runtime.stage_model import NetworkStageModel, load_stage
 
 SPACING = 2.0
 SHAPE = (60, 50, 40)  # world x -60..58, y -110..-12, z -80..-2 (2 mm voxels)

@@ -19,10 +19,11 @@ from dentate_research.data.io import load_image, load_label
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, check_sides
 from dentate_research.data.manifest import read_manifest
 from dentate_research.inference.pipeline import DentatePredictor
+from dentate_research.model_contract import ModelCard
+from dentate_research.runtime.crops import crop_box_around, localize, min_crop_from_patch
+from dentate_research.runtime.stage_model import load_stage_model
 from dentate_research.training import train_stage
-from dentate_research.training.artifacts import ModelCard, load_stage_model
 from dentate_research.training.augmentation import AugmentationSettings, Augmenter
-from dentate_research.training.crops import crop_box_around, localize, min_crop_from_patch
 from dentate_research.training.datasets import PatchSampler
 from dentate_research.training.preprocessing import StageSample, prepare_samples, stage_classes
 from dentate_research.training.stage_config import stage_config

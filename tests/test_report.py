@@ -95,7 +95,7 @@ def batch(tmp_path_factory):
     model = write_threshold_model(root / "model")
     scans = write_scans(root / "scans")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("dentate_research.training.artifacts.load_stage", threshold_stage)
+        mp.setattr("dentate_research.runtime.stage_model.load_stage", threshold_stage)
         code = main(["segment", "-i", str(scans), "-o", str(root / "out"), "--model", str(model),
                      "--bids-out", str(root / "derivatives")])
     assert code == 3  # the worst input: the blank scan failed
@@ -220,9 +220,9 @@ def _sample_flag(node: ast.AST) -> str | None:
 
 
 def emitted_flags() -> set[str]:
-    """Sample flags of every kind the pipeline, the QC and segment's failure records can emit, read from the code."""
+    """Sample flags of every kind the pipeline, the QC and the batch API's failure records emit, read from the code."""
     found = set()
-    for module in ("inference/pipeline.py", "inference/qc.py", "cli/segment.py"):
+    for module in ("inference/pipeline.py", "inference/qc.py", "inference/batch.py"):
         tree = ast.parse((PACKAGE / module).read_text())
         assigned = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
                     for t in n.targets if isinstance(t, ast.Name)}

@@ -38,9 +38,80 @@ def test_every_preset_composes():
 
 def test_unknown_study_is_an_error(capsys):
     from dentate_research.cli.reproduce import run_hydra
+    from dentate_research.studies import study_names
 
     assert run_hydra(["studies=[cohort,tables]"]) == 2
-    assert "unknown studies ['tables']" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown studies ['tables']" in err  # one line naming the culprit ...
+    assert all(name in err.partition("allowed:")[2] for name in ["all", *study_names()])  # ... and the allowed
+
+
+def test_every_registered_study_has_a_unique_name_and_table_id():
+    from dentate_research.studies import registered_studies
+    from dentate_research.studies.registry import STUDY_MODULES
+
+    studies = registered_studies()
+    assert [s.table_id for s in studies] == [f"T{i}" for i in range(1, 8)]  # T1-T7, in table order
+    assert len({s.name for s in studies}) == len({s.table_id for s in studies}) == len(studies)
+    assert {s.table.__module__.rsplit(".", 1)[-1] for s in studies} == set(STUDY_MODULES)  # each module registers
+    assert all(s.title.strip() and "\n" not in s.title for s in studies)
+
+
+def test_default_studies_are_every_registered_study_in_table_order():
+    from dentate_research.schema import ReproduceConfig, compose
+    from dentate_research.studies import StudySettings, study_names
+
+    assert ReproduceConfig().studies == ["all"]  # the schema names no study: the registry does
+    assert StudySettings.from_config(compose("reproduce/reproduce", [])).studies == study_names()
+    picked = StudySettings.from_config({"name": "x", "studies": ["loso", "all", "cohort"]})
+    assert picked.studies == ["loso", *(n for n in study_names() if n != "loso")]  # 'all' in place, no repeats
+
+
+@pytest.fixture()
+def dummy_study():
+    """A study registered by one ``register`` call (what a new study module does), unregistered afterwards."""
+    from dentate_research.studies import Study, register, unregister
+    from dentate_research.studies.tables import write_table
+
+    def table(runner):
+        return write_table(pd.DataFrame({"n": [len(runner.s.studies)]}), runner.s.out_dir, "T99_dummy", "T99 Dummy",
+                           runner.stamp())
+
+    study = register(Study(name="dummy", table_id="T99", title="A test study", table=table,
+                           runs=lambda runner: [("segmentation", runner.s.pipeline_arch, "0")]))
+    try:
+        yield study
+    finally:
+        unregister("dummy")
+
+
+def test_adding_a_study_is_one_registration(dummy_study, tmp_path, monkeypatch, capsys):
+    """Registered, a study is known to the settings (``all``, by name), ``--help``, the runner's look-up, its run
+    plan and its run."""
+    from dentate_research.cli.reproduce import compose_train_config, run_hydra
+    from dentate_research.studies import Study, StudySettings, look_up_study, register, study_names
+    from dentate_research.studies.runner import StudyRunner
+
+    assert look_up_study("dummy") is dummy_study and study_names()[-1] == "dummy"
+    assert StudySettings.from_config({"name": "x"}).studies[-1] == "dummy"
+    assert run_hydra(["--help"]) == 0
+    assert "dummy          T99 A test study" in capsys.readouterr().out
+    settings = StudySettings.from_config({"name": "x", "studies": ["dummy"]}, out_dir=tmp_path / "out",
+                                         work_dir=tmp_path / "work", command="test")
+    runner = StudyRunner(settings, compose_train_config)
+    assert runner.planned_runs() == [("segmentation", "unet", "0")]
+
+    def no_data(self):
+        self.provenance = {"command": "test", "study": "x", "data": "none", "git": {}, "finished_utc": ""}
+
+    monkeypatch.setattr(StudyRunner, "prepare_data", no_data)
+    written = runner.run()
+    assert written == {"dummy": tmp_path / "out" / "T99_dummy.md"} and written["dummy"].exists()
+    assert "T99_dummy.md" in (tmp_path / "out" / "README.md").read_text()
+    for clash in (Study(name="dummy", table_id="T98", title="t", table=dummy_study.table),
+                  Study(name="other", table_id="T1", title="t", table=dummy_study.table)):
+        with pytest.raises(ValueError, match="same name or table id"):
+            register(clash)
 
 
 @pytest.mark.slow

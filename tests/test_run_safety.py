@@ -71,7 +71,7 @@ def test_resume_without_checkpoint_fails_clearly(toy, tmp_path, capsys):
     assert not run.exists()  # Hydra's folder of the failed run is not left behind
 
 
-def test_runs_started_in_the_same_second_get_distinct_folders(toy, tmp_path, capsys):
+def test_runs_started_in_the_same_second_get_distinct_folders(toy, tmp_path):
     """Hydra's timestamped run folder already holds another run (started the same second): this run moves on."""
     runs = tmp_path / "runs"
     stage_dir = runs / "segmentation" / "unet"
@@ -82,9 +82,9 @@ def test_runs_started_in_the_same_second_get_distinct_folders(toy, tmp_path, cap
         (other / "model.json").write_text('{"other": "run"}')
         (other / RUN_CLAIM).write_text("pid 1\n")
     assert main(["train", *_base(toy, runs), *EXPLICIT]) == 0
-    out = capsys.readouterr().out
     ours = [p for p in stage_dir.iterdir() if p.name.endswith("_2")]
-    assert len(ours) == 1 and "used by another run" in out
+    # the move is logged (Hydra's console and job log) and lands in the run's own train.log
+    assert len(ours) == 1 and "used by another run" in (ours[0] / "train.log").read_text()
     card = json.loads((ours[0] / "model.json").read_text())
     assert card["arch"] == "unet"
     assert (ours[0].with_name(ours[0].name[:-2]) / "model.json").read_text() == '{"other": "run"}'  # untouched

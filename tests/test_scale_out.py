@@ -179,7 +179,7 @@ def test_slurm_dry_run_prints_the_sbatch_script(tmp_path, capsys):
                  "trainer=paper", "trainer.devices=2", "dry_run=true", f"hydra.sweep.dir={sweep}"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "4 job(s) as a Slurm job array" in out and "#3: +arch=segresnet split.fold=1" in out
+    assert "4 job(s) as a Slurm job array" in out and "#3: arch=segresnet split.fold=1" in out
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=2",
                  "#SBATCH --time=90", "#SBATCH --mem=64GB", "#SBATCH --cpus-per-task=8", "#SBATCH --array=0-3%3",
                  "source /opt/venv/bin/activate", "srun --unbuffered", "-u -m submitit.core._submit"):

@@ -36,22 +36,19 @@ def _train_choices() -> list[list[str]]:
 @pytest.mark.parametrize("overrides", _train_choices(), ids=lambda o: " ".join(o))
 def test_every_train_config_instantiates_its_settings_objects(overrides):
     """Each config file composes onto the schema into a typed TrainConfig, and the runtime settings objects the
-    code builds from it (loop, augmentation, inferer) hold exactly the composed values."""
+    code builds from it (trainer, augmentation, inferer: the objects every backend reads) hold exactly the composed
+    values."""
+    from dentate_research.runtime.inferer import InfererSettings
     from dentate_research.training.augmentation import AugmentationSettings
-    from dentate_research.training.inferer import InfererSettings
-    from dentate_research.training.monai_loop import LoopSettings
 
     cfg = compose("train", overrides)
     typed = OmegaConf.to_object(cfg)
     assert isinstance(typed, schema.TrainConfig) and isinstance(typed.trainer, schema.TrainerSettings)
     composed = OmegaConf.to_container(cfg, resolve=True)
 
-    loop = LoopSettings.from_trainer(composed["trainer"])
-    trainer = composed["trainer"]
-    for f in dataclasses.fields(LoopSettings):
-        expected = trainer["optimizer"]["name" if f.name == "optimizer" else f.name] if f.name in (
-            "optimizer", "lr", "weight_decay", "momentum") else trainer[f.name]
-        assert getattr(loop, f.name) == expected, f.name
+    trainer = schema.trainer_settings(composed["trainer"])
+    assert isinstance(trainer, schema.TrainerSettings)
+    assert dataclasses.asdict(trainer) == composed["trainer"]
 
     aug = AugmentationSettings.from_dict(composed["augmentation"])
     aug.validate()
@@ -140,8 +137,8 @@ def test_stage_config_is_the_packaged_config_plus_its_stated_changes():
 
 
 # ------------------------------------------------------------------------------------------------ import layers
-LAYERS = ("", "schema", "logs", "provenance", "data", "model_contract", "models", "training", "inference", "evaluation",
-          "baselines", "studies", "cli", "__main__")
+LAYERS = ("", "schema", "logs", "provenance", "data", "model_contract", "models", "runtime", "training", "inference",
+          "evaluation", "baselines", "studies", "cli", "__main__")
 
 
 def _imports() -> dict[str, tuple[set[str], set[str]]]:
@@ -193,15 +190,24 @@ def _layer(module: str) -> int:
 
 
 def test_layers_import_only_downward():
-    """schema -> logs -> data -> model contract -> models -> training -> inference -> evaluation -> baselines ->
-    studies -> cli: no import (module-level or lazy) reaches a higher layer."""
+    """schema -> logs -> data -> model contract -> models -> runtime -> training -> inference -> evaluation ->
+    baselines -> studies -> cli: no import (module-level or lazy) reaches a higher layer."""
     upward = [f"{m} -> {n}" for m, (_, every) in _imports().items() for n in every
               if _layer(n) > _layer(m) and n != "dentate_research"]
     assert not upward, upward
 
 
+def test_inference_never_imports_training():
+    """Inference (and the runtime layer it shares with training) loads and runs trained stages without importing
+    the training package, at module level or inside a function."""
+    offending = [f"{m} -> {n}" for m, (_, every) in _imports().items() for n in every
+                 if m.split(".")[1] in ("inference", "runtime") and n.startswith("dentate_research.training")]
+    assert not offending, offending
+
+
 def test_no_import_cycle():
-    graph = {m: top for m, (top, _) in _imports().items()}
+    """No cycle among the package's imports, module-level or inside functions (a lazy import closes a loop too)."""
+    graph = {m: every for m, (_, every) in _imports().items()}
     state: dict[str, int] = {}
     cycles = []
 
@@ -222,24 +228,58 @@ def test_no_import_cycle():
     assert not cycles, cycles
 
 
+# reviewed ``.get(<schema key>, value)`` calls that read something other than a config (file:key -> what it reads)
+NOT_CONFIG_READS = {
+    "evaluation/metrics.py:fold": "a case's manifest metadata",
+    "studies/architectures.py:train": "a run's timings_s record",
+    "studies/tables.py:data": "a provenance record",
+    "training/api.py:margin_mm": "setdefault from the localizer's own card (the margin it was trained with)",
+}
+
+
+def _schema_default(node: ast.AST) -> bool:
+    """``CropSettings.margin_mm``: the schema's own default, read where it lives (not a second copy)."""
+    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and dataclasses.is_dataclass(getattr(schema, node.value.id, None)))
+
+
 def test_no_config_default_outside_the_schema():
-    """``cfg.get("<schema key>", <value>)`` in the modules that read configs would be a second default."""
+    """``cfg.get("<schema key>", <value>)`` / ``setdefault`` anywhere in the package would be a second default; the
+    few reviewed reads of non-config records are listed in NOT_CONFIG_READS."""
     keys = set()
     for cls in (schema.TrainerSettings, schema.AugmentationSettings, schema.InfererConfig, schema.StageSettings,
                 schema.CropSettings, schema.SplitSettings, schema.DataSettings, schema.ReproduceConfig,
-                schema.FailureModeSettings, schema.StudyDataSettings, schema.StudySplitSettings):
+                schema.FailureModeSettings, schema.StudyDataSettings, schema.StudySplitSettings,
+                schema.NormalizationSettings, schema.OptimizerSettings, schema.GridSettings):
         keys |= {f.name for f in dataclasses.fields(cls)}
-    readers = ["training/api.py", "training/monai_loop.py", "training/stage_config.py", "training/two_step.py",
-               "cli/train.py", "cli/reproduce.py", "studies/settings.py", "studies/runner.py"]
     found = []
-    for rel in readers:
-        for node in ast.walk(ast.parse((PACKAGE / rel).read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                    and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)
-                    and node.args[0].value in keys
-                    and not (isinstance(node.args[1], ast.Constant) and node.args[1].value is None)):
-                found.append(f"{rel}:{node.lineno} .get({node.args[0].value!r}, ...)")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("get", "setdefault") and len(node.args) == 2
+                    and isinstance(node.args[0], ast.Constant) and node.args[0].value in keys
+                    and not (isinstance(node.args[1], ast.Constant) and node.args[1].value is None)
+                    and not _schema_default(node.args[1]) and f"{rel}:{node.args[0].value}" not in NOT_CONFIG_READS):
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
     assert not found, found
+
+
+def test_architecture_settings_are_written_once():
+    """configs/arch/<name>.yaml is where an architecture's keyword arguments live: the registry reads them from
+    there (no literal copy in models/registry.py) and builders have no fallback values."""
+    from dentate_research.models import available_architectures, get_arch
+
+    for name in available_architectures():
+        raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "arch" / f"{name}.yaml"))
+        assert get_arch(name).default_kwargs == raw["kwargs"], name
+    source = (PACKAGE / "models" / "registry.py").read_text()
+    tree = ast.parse(source)
+    literal_kwargs = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.keyword)
+                      and node.arg == "default_kwargs"]
+    fallbacks = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop") and len(node.args) == 2]
+    assert not literal_kwargs and not fallbacks, (literal_kwargs, fallbacks)
 
 
 # ---------------------------------------------------------------------------------------------- wheel install

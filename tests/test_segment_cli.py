@@ -133,3 +133,26 @@ def test_help_documents_exit_codes(capsys):
     assert info.value.code == 0
     help_text = capsys.readouterr().out
     assert all(text in help_text for text in ("exit 2", "exit 3", "exit 4", "--overwrite", "X_seg.nii.gz"))
+
+
+def test_the_batch_api_does_what_the_cli_does_without_it(toy_model, scans, tmp_path, capsys):
+    """inference.batch: collect_inputs -> select_model -> segment_batch, with resume, from Python (nothing printed)."""
+    from dentate_research.data.io import DataError
+    from dentate_research.inference.batch import collect_inputs, segment_batch, select_model
+
+    inputs = collect_inputs([scans])
+    assert [p.name for p in inputs] == ["a.nii.gz", "b.nii"]
+    model = select_model(model=toy_model)
+    assert model.source == "--model" and model.localizer == toy_model / "localization"
+    with pytest.raises(DataError, match="not both"):
+        select_model(model=toy_model, localizer=toy_model / "localization", segmenter=toy_model / "segmentation")
+    predictor = model.predictor()
+    seen = []
+    out = tmp_path / "out"
+    result = segment_batch(predictor, inputs[:1], out, on_case=seen.append, progress=False)
+    assert [o.status for o in result.outcomes] == ["ok"] and seen == result.outcomes
+    assert result.report_paths == [out / "report.html"] and not result.errors
+    resumed = segment_batch(predictor, inputs, out, resume=True, progress=False)
+    assert resumed.counts() == {"ok": 1, "flagged": 0, "failed": 0, "bad_input": 0, "skipped": 1}
+    assert sorted(pd.read_csv(out / "volumes.csv")["case"]) == ["a", "b"]
+    assert capsys.readouterr().out == ""  # the library prints nothing; the CLI prints the outcomes

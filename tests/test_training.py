@@ -14,12 +14,15 @@ from dentate_research.data.geometry import BoundingBox, crop
 from dentate_research.data.io import load_image, load_label
 from dentate_research.data.laterality import LEFT_DN, RIGHT_DN, check_sides
 from dentate_research.data.manifest import read_manifest
+from dentate_research.model_contract import ModelCard
+from dentate_research.runtime.device import resolve_device
+from dentate_research.runtime.inferer import InfererSettings, predict_probabilities
+from dentate_research.runtime.normalization import normalize_intensity
+from dentate_research.runtime.stage_model import load_stage_model
 from dentate_research.schema import compose
-from dentate_research.training.artifacts import ModelCard, load_stage_model, resolve_device
 from dentate_research.training.augmentation import AugmentationSettings, Augmenter
 from dentate_research.training.datasets import PatchSampler
-from dentate_research.training.inferer import InfererSettings, predict_probabilities
-from dentate_research.training.preprocessing import normalize_intensity, prepare_samples
+from dentate_research.training.preprocessing import prepare_samples
 from dentate_research.training.toy_data import make_toy_case, make_toy_dataset
 
 # tiny network settings: every architecture trains in seconds on 32^3 patches

@@ -37,6 +37,7 @@ from dentate_research.data.geometry import bbox_from_mask, resample_to_spacing
 from dentate_research.data.io import DataError, Volume, load_image, load_label
 from dentate_research.data.labels import DN_SIDES
 from dentate_research.data.manifest import Case
+from dentate_research.schema import REFERENCE_RATER
 
 TEMPLATE_FORMAT_VERSION = 1
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -289,7 +290,7 @@ def _side_masks(labels: np.ndarray) -> np.ndarray:
     return np.stack([labels == side for side in DN_SIDES]).astype(np.float32)
 
 
-def build_template(cases: list[Case], *, rater: str = "rater1", spacing_mm: float = 1.0,
+def build_template(cases: list[Case], *, rater: str = REFERENCE_RATER, spacing_mm: float = 1.0,
                    registration_spacing_mm: float = 2.0, n_iterations: int = 2, margin_mm: float = 10.0,
                    transform: str = "affine", seed: int = 0, progress: bool = True) -> Template:
     """Build a :class:`Template` from labelled *training* cases (see module docstring for the method).

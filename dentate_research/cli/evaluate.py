@@ -27,6 +27,8 @@ import json
 import sys
 from pathlib import Path
 
+from dentate_research.schema import REFERENCE_RATER
+
 SUBCOMMANDS = ("metrics", "template", "baseline", "compare", "reliability")
 
 
@@ -53,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--manifest", required=True, type=Path, help="case manifest (TSV/CSV)")
     m.add_argument("--pred-dir", required=True, type=Path, help="folder of <case_id>_seg.nii.gz predictions")
     m.add_argument("--method", required=True, help="method/architecture name for the tables")
-    m.add_argument("--reference", default="rater1", help="reference rater (default rater1; 'true' for phantoms)")
+    m.add_argument("--reference", default=REFERENCE_RATER,
+                   help=f"reference rater (default {REFERENCE_RATER}; 'true' for phantoms)")
     m.add_argument("--out", required=True, type=Path, help="output folder")
     m.add_argument("--allow-missing", action="store_true", help="count missing predictions instead of failing")
     m.add_argument("--no-plots", action="store_true", help="skip PNG figures")
@@ -63,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser("template", help="build the baselines' template from labelled TRAINING cases")
     t.add_argument("--manifest", required=True, type=Path)
     t.add_argument("--out", required=True, type=Path, help="template folder to write")
-    t.add_argument("--rater", default="rater1", help="rater whose labels make the DN atlas (default rater1)")
+    t.add_argument("--rater", default=REFERENCE_RATER,
+                   help=f"rater whose labels make the DN atlas (default {REFERENCE_RATER})")
     t.add_argument("--spacing", type=float, default=1.0, help="template voxel size in mm (default 1.0)")
     t.add_argument("--iterations", type=int, default=2, help="registration-to-mean iterations (default 2)")
     t.add_argument("--transform", default="affine", choices=("rigid", "affine"))
@@ -76,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--manifest", required=True, type=Path)
     b.add_argument("--baseline", required=True, choices=("classical", "atlas"))
     b.add_argument("--template", required=True, type=Path, help="template folder (see 'evaluate template')")
-    b.add_argument("--reference", default="rater1")
+    b.add_argument("--reference", default=REFERENCE_RATER)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--param", nargs="*", default=[], metavar="KEY=VALUE",
                    help="baseline parameters, e.g. threshold_k=3 (classical: see ClassicalParams; atlas: "

@@ -10,8 +10,10 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, type=Path, help="case manifest (TSV/CSV)")
     parser.add_argument("--out", required=True, type=Path, help="nnU-Net raw folder (nnUNet_raw)")
-    parser.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset ID, 1-999 (default 501)")
-    parser.add_argument("--name", default="Dentate", help="dataset name (default Dentate)")
+    parser.add_argument("--dataset-id", type=int, default=None,
+                        help="nnU-Net dataset ID, 1-999 (default: dataset_id of configs/arch/nnunet.yaml, 501)")
+    parser.add_argument("--name", default=None,
+                        help="dataset name (default: dataset_name of configs/arch/nnunet.yaml, Dentate)")
     parser.add_argument("--rater", default="true",
                         help="labels to export: 'true' for phantoms, a rater name (e.g. rater1) for real "
                              "data")

@@ -6,13 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from dentate_research.schema import SplitSettings
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, type=Path, help="case manifest (TSV/CSV)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for splits.json etc.")
-    parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="fraction of each development site's subjects held out as internal test (0.2)")
+    parser.add_argument("--folds", type=int, default=SplitSettings.n_folds,
+                        help=f"number of cross-validation folds (default {SplitSettings.n_folds})")
+    parser.add_argument("--test-fraction", type=float, default=SplitSettings.test_fraction,
+                        help="fraction of each development site's subjects held out as internal test "
+                             f"({SplitSettings.test_fraction})")
     parser.add_argument("--external-sites", nargs="*", default=[],
                         help="sites held out entirely as external test")
     parser.add_argument("--seed", type=int, default=0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dentate_research.schema import CONFIG_DIR, compose
+from dentate_research.schema import CONFIG_DIR, ReproduceConfig, compose, config_error_line
 
 
 def compose_train_config(overrides: list[str]):
@@ -56,8 +56,13 @@ def make_launcher(launcher_args: list[str], work_dir: Path, name: str):
 
 def run_hydra(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
+        from dentate_research.studies import registered_studies
+
         presets = sorted(p.stem for p in (CONFIG_DIR / "reproduce" / "experiment").glob("*.yaml"))
         print(__doc__)
+        print("studies (studies=[all] runs every one, in this order):")
+        for study in registered_studies():
+            print(f"  {study.name:<14} {study.table_id:<3} {study.title}")
         print(f"experiment presets: {', '.join(presets)}\nconfig: {CONFIG_DIR / 'reproduce' / 'reproduce.yaml'}")
         return 0
     from hydra.errors import HydraException
@@ -72,8 +77,8 @@ def run_hydra(argv: list[str]) -> int:
         cfg = compose("reproduce/reproduce", study_args)
         settings = settings_from_config(cfg, "python -m dentate_research reproduce " + " ".join(argv))
         launcher = make_launcher(launcher_args, settings.work_dir, settings.name) if launcher_args else None
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:  # one line: key, value, what is allowed
+        print(f"error: {config_error_line(exc, ReproduceConfig)}", file=sys.stderr)
         return 2
     print(OmegaConf.to_yaml(cfg))
     from dentate_research.studies import run_studies

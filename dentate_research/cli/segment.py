@@ -19,22 +19,22 @@ and exit without a traceback; ``--resume`` skips complete cases and redoes parti
 write into one output folder (``volumes.csv`` is updated under a file lock). After every case ``report.html``, the
 batch QC report (:mod:`dentate_research.inference.report`), is rebuilt from what is on disk. The model used
 (folder, source and card name) is printed at start and recorded in every ``X_metadata.json`` (``models``).
+
+This module parses options, prints and maps outcomes to exit codes; the work is the Python API of
+:mod:`dentate_research.inference.batch` (``collect_inputs``, ``select_model``, ``segment_batch``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dentate_research.data.io import NIFTI_SUFFIXES, DataError
+from dentate_research.data.io import DataError
 from dentate_research.data.labels import DN_SIDES, SIDE_NAMES
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FLAGGED = 0, 2, 3, 4
@@ -151,106 +151,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "folders of a BIDS dataset are skipped")
 
 
-def collect_inputs(paths: list[Path], bids_suffix: str = "Chimap", derivatives: str | None = None) -> list[Path]:
-    """Expand folders to their .nii/.nii.gz files (sorted); a BIDS dataset folder (``sub-*`` folders or a
-    dataset_description.json) to its ``*_<bids_suffix>`` maps (derivatives/, sourcedata/ and hidden folders
-    skipped), or, with ``derivatives``, every folder to the maps of ``derivatives/<derivatives>/`` in it; check
-    files exist and are NIfTI by name."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir() and (derivatives is not None or (path / "dataset_description.json").is_file()
-                              or any(path.glob("sub-*/"))):
-            from dentate_research.data.bids import find_maps
-
-            files.extend(m.path for m in find_maps(path, suffix=bids_suffix, derivatives=derivatives))
-        elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
-            if not found:
-                raise DataError(f"{path}: folder contains no .nii or .nii.gz file")
-            files.extend(found)
-        elif not path.exists():
-            raise DataError(f"{path}: file not found")
-        elif not path.name.endswith(NIFTI_SUFFIXES):
-            raise DataError(f"{path}: unsupported file type; allowed: .nii, .nii.gz (or a folder of them)")
-        else:
-            files.append(path)
-    return files
-
-
-@dataclass
-class ModelChoice:
-    """Which two-step model ``segment`` uses and where it comes from (printed at start, stored in metadata)."""
-
-    localizer: Path
-    segmenter: Path
-    model_dir: Path | None
-    source: str
-    card_name: str
-    shadows: Path | None = None
-
-    def info(self) -> dict[str, Any]:
-        return {"model_dir": None if self.model_dir is None else str(self.model_dir.resolve()), "source": self.source,
-                "card_name": self.card_name, "shadows": None if self.shadows is None else str(self.shadows)}
-
-    def start_line(self) -> str:
-        where = f"{self.model_dir}" if self.model_dir is not None else "run folders"
-        line = f"model: {self.source} {where} (card '{self.card_name}')"
-        if self.shadows is not None:
-            line += f", shadowing the shipped model {self.shadows} (pass --model to choose)"
-        return f"{line}; localizer {self.localizer}, segmenter {self.segmenter}"
-
-
-def _card_name(model_dir: Path | None, localizer: Path, segmenter: Path) -> str:
-    """The first heading of MODEL_CARD.md in the model folder, else a summary of the two model.json cards."""
-    if model_dir is not None and (model_dir / "MODEL_CARD.md").is_file():
-        for line in (model_dir / "MODEL_CARD.md").read_text(errors="replace").splitlines():
-            if line.startswith("#"):
-                return line.lstrip("#").strip()
-    parts = []
-    for role, run_dir in (("localizer", localizer), ("segmenter", segmenter)):
-        try:
-            card = json.loads((run_dir / "model.json").read_text())
-            spacing = card.get("target_spacing_mm") or ["?"]
-            parts.append(f"{card.get('arch', '?')} {role} {spacing[0]} mm")
-        except (OSError, ValueError, AttributeError):
-            parts.append(f"{role} (unreadable model.json)")
-    return " + ".join(parts)
-
-
-def _select_model(args: argparse.Namespace) -> ModelChoice:
-    from dentate_research.inference.default_model import (
-        MODEL_ENV,
-        default_model_dir,
-        is_model_dir,
-        packaged_model_dir,
-        user_model_dir,
-    )
-    from dentate_research.inference.pipeline import resolve_model_dir
-
-    if args.localizer or args.segmenter:
-        if args.model:
-            raise DataError("give either --model or --localizer/--segmenter, not both")
-        if not (args.localizer and args.segmenter):
-            raise DataError("--localizer and --segmenter must be given together")
-        return ModelChoice(args.localizer, args.segmenter, None, "--localizer/--segmenter",
-                           _card_name(None, args.localizer, args.segmenter))
-    shadows = None
-    if args.model:
-        model_dir, source = Path(args.model), "--model"
-    else:
-        model_dir = default_model_dir()
-        if os.environ.get(MODEL_ENV):
-            source = f"${MODEL_ENV}"
-        elif model_dir.resolve() == user_model_dir().resolve():
-            source = "user cache"
-            shipped = packaged_model_dir()
-            shadows = shipped if is_model_dir(shipped) else None
-        else:
-            source = "shipped asset"
-    localizer, segmenter = resolve_model_dir(model_dir)
-    return ModelChoice(localizer, segmenter, model_dir, source, _card_name(model_dir, localizer, segmenter), shadows)
-
-
 def _option_errors(args: argparse.Namespace) -> str | None:
     """One line for the first numeric/combined option out of range, else None (checked before any work)."""
     margin = args.margin_mm
@@ -296,6 +196,7 @@ def _remove_if_created_empty(out: Path, created: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dentate_research.inference.batch import collect_inputs, select_model
     from dentate_research.inference.outputs import check_output_location, check_outputs_free
 
     def error(message: str) -> None:
@@ -316,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "participants", None) is not None and not args.participants.is_file():
             raise DataError(f"--participants {args.participants}: file not found")
         states = check_outputs_free(out, inputs, overwrite=args.overwrite, resume=args.resume)
-        model = _select_model(args)
+        model = select_model(args.model, args.localizer, args.segmenter)
         if args.device == "cuda":
             import torch
 
@@ -324,10 +225,7 @@ def run(args: argparse.Namespace) -> int:
                 raise DataError("--device cuda requested but CUDA is not available in this torch build; use "
                                 "--device cpu")
         print(model.start_line(), file=sys.stderr, flush=True)
-        from dentate_research.inference.pipeline import DentatePredictor
-
-        predictor = DentatePredictor(model.localizer, model.segmenter, device=args.device, margin_mm=args.margin_mm)
-        predictor.model_info = model.info()
+        predictor = model.predictor(device=args.device, margin_mm=args.margin_mm)
     except (DataError, FileExistsError) as exc:
         error(str(exc))
         _remove_if_created_empty(out, created)
@@ -344,130 +242,64 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
-def _record_error(path: Path, reason: str, message: str, out: Path, predictor: Any) -> None:
-    """Write the failed record of one input; a failure to do so is reported, never fatal to the batch."""
+def _print_outcome(outcome: Any) -> None:
+    """One line per finished input (stdout for results, stderr for problems), above the progress bar."""
     from tqdm import tqdm
 
-    from dentate_research.inference.outputs import write_error_outputs
-
-    try:
-        write_error_outputs(path, reason, message, out, predictor.metadata())
-    except Exception as exc:  # the batch must go on
-        tqdm.write(f"  error: could not record the failure of {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-
-def _segment_one(args: argparse.Namespace, path: Path, state: str, predictor: Any) -> int:
-    """Segment and record one input (any error of this input becomes its record); its exit code."""
-    from tqdm import tqdm
-
-    from dentate_research.inference.outputs import segment_file
-    from dentate_research.inference.pipeline import SegmentationError
-
-    out: Path = args.output
-    try:
-        written = segment_file(predictor, path, out, overwrite=args.overwrite or state == "partial",
-                               overlay=not args.no_overlay)
-    except FileExistsError as exc:  # another process wrote this case meanwhile: never replace its work
-        tqdm.write(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except DataError as exc:
-        tqdm.write(f"error: {exc}", file=sys.stderr)
-        _record_error(path, "bad_input", str(exc), out, predictor)
-        return EXIT_BAD_INPUT
-    except SegmentationError as failure:
-        tqdm.write(f"FAILED {path}: [{failure.reason}] {failure}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # one input's error must not end the batch
-        reason = f"error:{type(exc).__name__}"
-        tqdm.write(f"FAILED {path}: [{reason}] {exc}", file=sys.stderr)
-        _record_error(path, reason, f"{type(exc).__name__}: {exc}", out, predictor)
-        return EXIT_FAILED
-    stats = written.metadata["statistics"]
-    sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
-                      f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm"
-                      for side in (SIDE_NAMES[value] for value in DN_SIDES))
-    tqdm.write(f"{written.status.upper():7s} {path} -> {written.paths['seg']}  ({sides})", file=sys.stdout)
-    for flag in written.flags:
-        tqdm.write(f"  FLAG {flag}", file=sys.stderr)
-    for warning in written.metadata["warnings"]:
-        tqdm.write(f"  warning: {warning}", file=sys.stderr)
-    return EXIT_FLAGGED if written.flags else EXIT_OK
+    if outcome.status == "skipped":
+        tqdm.write(f"SKIP    {outcome.path}: already complete ({outcome.recorded_status})", file=sys.stderr)
+    elif outcome.status == "bad_input":
+        tqdm.write(f"error: {outcome.message}", file=sys.stderr)
+    elif outcome.status == "failed":
+        tqdm.write(f"FAILED {outcome.path}: [{outcome.reason}] {outcome.message}", file=sys.stderr)
+    else:
+        stats = outcome.statistics
+        sides = ", ".join(f"{side} {_fmt(stats[f'{side}_volume_mm3'], '.1f')} mm3 "
+                          f"{_fmt(stats[f'{side}_mean_susceptibility_ppm'], '.4f')} ppm"
+                          for side in (SIDE_NAMES[value] for value in DN_SIDES))
+        tqdm.write(f"{outcome.status.upper():7s} {outcome.path} -> {outcome.seg_path}  ({sides})", file=sys.stdout)
+        for flag in outcome.flags:
+            tqdm.write(f"  FLAG {flag}", file=sys.stderr)
+        for warning in outcome.warnings:
+            tqdm.write(f"  warning: {warning}", file=sys.stderr)
 
 
-def _refresh_report(out: Path) -> None:
-    """Rebuild OUT/report.html after a case; a failure is reported, never fatal to the batch (the final rebuild
-    reports it as an error)."""
-    from tqdm import tqdm
-
-    from dentate_research.inference.outputs import VOLUMES_CSV
-    from dentate_research.inference.report import write_report
-
-    if not (out / VOLUMES_CSV).is_file():  # nothing recorded yet (e.g. the failure record could not be written)
-        return
-    try:
-        write_report(out)
-    except Exception as exc:  # the report must not stop the segmentation of the batch
-        tqdm.write(f"  warning: report.html not updated: {type(exc).__name__}: {exc}", file=sys.stderr)
+def _exit_code(outcome: Any) -> int:
+    if outcome.status == "skipped":
+        return _STATUS_CODE.get(outcome.recorded_status, EXIT_FAILED)
+    return {"ok": EXIT_OK, "flagged": EXIT_FLAGGED, "failed": EXIT_FAILED, "bad_input": EXIT_BAD_INPUT}[outcome.status]
 
 
 def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, str], predictor: Any) -> int:
-    from tqdm import tqdm
+    """:func:`dentate_research.inference.batch.segment_batch` with the CLI's lines, interruption message and exit
+    code."""
+    from dentate_research.inference.batch import segment_batch
 
-    from dentate_research.inference.outputs import VOLUMES_CSV, case_name, load_case_record, rebuild_volumes_table
-    from dentate_research.inference.report import write_report
-
-    out: Path = args.output
-    codes: list[int] = []
-    n_skipped = 0
-    current: Path | None = None
+    bids_out = getattr(args, "bids_out", None)
     try:
-        for path in tqdm(inputs, desc="segment", unit="scan", disable=len(inputs) < 2, file=sys.stderr):
-            current = path
-            name = case_name(path)
-            state = states.get(name, "absent")
-            if args.resume and state == "complete":
-                status = str((load_case_record(out, name) or {}).get("status"))
-                tqdm.write(f"SKIP    {path}: already complete ({status})", file=sys.stderr)
-                codes.append(_STATUS_CODE.get(status, EXIT_FAILED))
-                n_skipped += 1
-                continue
-            codes.append(_segment_one(args, path, state, predictor))
-            _refresh_report(out)  # after every finished case: an interrupted batch has the report of what is done
-        current = None
-        bids_out = getattr(args, "bids_out", None)
-        try:
-            rebuild_volumes_table(out)
-            if bids_out is not None:
-                from dentate_research.inference.bids_derivatives import export_bids_derivatives
-
-                table = export_bids_derivatives(out, bids_out, participants=args.participants,
-                                                model_name=str(getattr(predictor, "model_info", {}).get("card_name")
-                                                               or ""))
-                print(f"BIDS derivatives: {bids_out}/ (group table {table})", file=sys.stderr)
-        except (DataError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            codes.append(EXIT_BAD_INPUT)
-        try:
-            if (out / VOLUMES_CSV).is_file():  # else nothing was recorded: no report
-                report = write_report(out, also_to=[bids_out] if bids_out is not None and bids_out.is_dir() else [])
-                print(f"report: {', '.join(str(p) for p in report.paths)} ({report.line()})", file=sys.stderr)
-        except Exception as exc:  # the outputs are written; a report that cannot be is an error, not a crash
-            print(f"error: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
-            codes.append(EXIT_BAD_INPUT)
+        result = segment_batch(predictor, inputs, args.output, resume=args.resume, overwrite=args.overwrite,
+                               overlay=not args.no_overlay, states=states, bids_out=bids_out,
+                               participants=getattr(args, "participants", None), on_case=_print_outcome)
     except KeyboardInterrupt as exc:
+        _set_handlers(signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up message
         signum = getattr(exc, "signum", signal.SIGINT)
-        _set_handlers(signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
-        with contextlib.suppress(Exception):  # best effort; --resume rebuilds it too
-            rebuild_volumes_table(out)
-        with contextlib.suppress(Exception):  # best effort; 'report OUT' or --resume rebuilds it too
-            write_report(out)
-        done = len(codes) - n_skipped
-        print(f"interrupted ({signal.Signals(signum).name}) while processing {current or 'the batch'}: "
-              f"{done} input(s) finished, {len(inputs) - len(codes)} not; no partial output is left under a final "
+        outcomes = getattr(exc, "outcomes", [])
+        done = sum(o.status != "skipped" for o in outcomes)
+        current = inputs[len(outcomes)] if len(outcomes) < len(inputs) else "the batch"
+        print(f"interrupted ({signal.Signals(signum).name}) while processing {current}: "
+              f"{done} input(s) finished, {len(inputs) - len(outcomes)} not; no partial output is left under a final "
               f"name; rerun with --resume to finish the batch", file=sys.stderr)
         return 128 + int(signum)
+    if result.bids_table is not None:
+        print(f"BIDS derivatives: {bids_out}/ (group table {result.bids_table})", file=sys.stderr)
+    if result.report_paths:
+        print(f"report: {', '.join(str(p) for p in result.report_paths)} ({result.report_line})", file=sys.stderr)
+    for message in result.errors:
+        print(f"error: {message}", file=sys.stderr)
+    codes = [_exit_code(o) for o in result.outcomes] + [EXIT_BAD_INPUT] * len(result.errors)
     code = _worst(codes)
-    n_bad = sum(c != EXIT_OK for c in codes)
+    n_bad = sum(_exit_code(o) != EXIT_OK for o in result.outcomes)
+    n_skipped = result.counts()["skipped"]
     skipped = f", {n_skipped} skipped as complete" if n_skipped else ""
     print(f"{len(inputs) - n_bad}/{len(inputs)} ok{skipped}; results in {args.output}/ (volumes.csv, report.html, "
           f"*/X_metadata.json); exit code {code}", file=sys.stderr)

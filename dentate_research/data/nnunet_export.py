@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..schema import arch_config_kwargs
 from .atomic import write_text_atomic
 from .io import DataError, load_image, load_label, save_nifti
 from .labels import BACKGROUND, LEFT_DN, RIGHT_DN
@@ -72,19 +73,23 @@ def write_dataset_json(folder: Path, labels: dict[str, int], n_training: int, de
     return path
 
 
-def export_nnunet(manifest: Path | str | list[Case], raw_dir: Path | str, dataset_id: int = 501,
-                  name: str = "Dentate", rater: str = "true", train_case_ids: list[str] | None = None,
+def export_nnunet(manifest: Path | str | list[Case], raw_dir: Path | str, dataset_id: int | None = None,
+                  name: str | None = None, rater: str = "true", train_case_ids: list[str] | None = None,
                   overwrite: bool = False, progress: bool = True) -> Path:
     """Write an nnU-Net raw dataset and return its folder.
 
     Args:
         manifest: manifest path (TSV/CSV) or a list of Cases.
         raw_dir: the nnU-Net raw folder (``nnUNet_raw``); the dataset goes into ``DatasetXXX_Name`` inside.
-        dataset_id, name: nnU-Net dataset ID (1-999) and name.
+        dataset_id, name: nnU-Net dataset ID (1-999) and name (default: ``dataset_id`` / ``dataset_name`` of
+            ``configs/arch/nnunet.yaml``, the dataset ``train arch=nnunet`` writes).
         rater: whose labels to train on ('true' for phantoms, e.g. 'rater1' for real data).
         train_case_ids: cases for imagesTr/labelsTr (default: all); the remaining cases go to imagesTs.
         overwrite: replace an existing dataset folder's files.
     """
+    nnunet_defaults = arch_config_kwargs("nnunet")
+    dataset_id = int(nnunet_defaults["dataset_id"] if dataset_id is None else dataset_id)
+    name = str(nnunet_defaults["dataset_name"] if name is None else name)
     cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     if not cases:
         raise DataError(f"{manifest}: no cases to export")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..schema import SplitSettings
 from .atomic import write_text_atomic
 from .io import DataError
 from .manifest import Case
@@ -68,7 +69,8 @@ def _subject_site(cases: list[Case]) -> dict[str, str]:
     return site_of
 
 
-def make_splits(cases: list[Case], *, n_folds: int = 5, test_fraction: float = 0.2,
+def make_splits(cases: list[Case], *, n_folds: int = SplitSettings.n_folds,
+                test_fraction: float = SplitSettings.test_fraction,
                 external_sites: list[str] | tuple[str, ...] = (), seed: int = 0) -> dict:
     """Build the split dictionary (see module docstring) from manifest cases.
 

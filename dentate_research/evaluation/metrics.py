@@ -33,7 +33,9 @@ Empty-mask policy (documented and tested):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +48,8 @@ from dentate_research.data.labels import DN_SIDES, SIDE_NAMES
 from dentate_research.data.manifest import Case
 from dentate_research.data.overlap import dice  # also re-exported to this module's callers
 from dentate_research.data.units import UNIT_TO_PPM, case_image_in_ppm, load_case_image_ppm  # noqa: F401 (re-exports)
+from dentate_research.schema import REFERENCE_RATER
 
-METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "volume_pred_mm3", "volume_ref_mm3", "chi_pred_ppm",
-                  "chi_ref_ppm")
 ID_COLUMNS = ("case", "subject", "site", "group", "method", "fold", "side", "reference")
 EMPTY_FLAGS = ("both_empty", "empty_prediction", "empty_reference")
 # manifest meta columns copied into the table when present (for failure analysis by age, scanner, algorithm)
@@ -110,13 +111,47 @@ def _finite_mean(image: np.ndarray | None, mask: np.ndarray, valid: np.ndarray |
     return float(image[inside].mean()) if inside.any() else float("nan")
 
 
+@dataclass
+class SideMasks:
+    """One side of one case, what every metric of :data:`SIDE_METRICS` reads: boolean ``pred`` / ``ref`` masks on
+    one grid (voxel ``spacing`` in mm, ``voxel_mm3``), the QSM ``image`` (ppm, may be None) and the ``valid`` voxels
+    whose value may enter a mean."""
+
+    pred: np.ndarray
+    ref: np.ndarray
+    spacing: tuple[float, float, float]
+    voxel_mm3: float
+    image: np.ndarray | None = None
+    valid: np.ndarray | None = None
+
+    @cached_property
+    def distances(self) -> tuple[float, float]:
+        """(HD95, ASSD) in mm, computed once for both metrics."""
+        return hd95_and_assd(self.pred, self.ref, self.spacing)
+
+
+SIDE_METRICS: dict[str, Callable[[SideMasks], float]] = {
+    "dice": lambda m: dice(m.pred, m.ref, empty="nan"),
+    "hd95_mm": lambda m: m.distances[0],
+    "assd_mm": lambda m: m.distances[1],
+    "volume_pred_mm3": lambda m: int(m.pred.sum()) * m.voxel_mm3,
+    "volume_ref_mm3": lambda m: int(m.ref.sum()) * m.voxel_mm3,
+    "chi_pred_ppm": lambda m: _finite_mean(m.image, m.pred, m.valid),
+    "chi_ref_ppm": lambda m: _finite_mean(m.image, m.ref, m.valid),
+}
+"""Every per-side metric by column name (units in the name): adding one here adds a column to every per-case table
+(:func:`evaluate_case`, :func:`evaluate_cases`, ``evaluate``, the studies)."""
+METRIC_COLUMNS = tuple(SIDE_METRICS)
+
+
 def side_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, float], voxel_mm3: float,
                  image: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict[str, float | str]:
-    """All metrics of one side for boolean masks ``pred`` and ``ref`` on the same grid.
+    """All metrics of :data:`SIDE_METRICS` for one side's boolean masks ``pred`` and ``ref`` on the same grid, and
+    ``flag`` (``both_empty`` / ``empty_prediction`` / ``empty_reference`` / '').
 
     ``valid``: voxels whose image value may enter the mean susceptibility (default: the finite ones)."""
-    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
-    n_pred, n_ref = int(pred.sum()), int(ref.sum())
+    masks = SideMasks(np.asarray(pred, bool), np.asarray(ref, bool), spacing, voxel_mm3, image, valid)
+    n_pred, n_ref = int(masks.pred.sum()), int(masks.ref.sum())
     if n_pred == 0 and n_ref == 0:
         flag = "both_empty"
     elif n_pred == 0:
@@ -125,18 +160,7 @@ def side_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float,
         flag = "empty_reference"
     else:
         flag = ""
-    hd, assd = hd95_and_assd(pred, ref, spacing)
-    out: dict[str, float | str] = {
-        "dice": dice(pred, ref, empty="nan"),
-        "hd95_mm": hd,
-        "assd_mm": assd,
-        "volume_pred_mm3": n_pred * voxel_mm3,
-        "volume_ref_mm3": n_ref * voxel_mm3,
-        "chi_pred_ppm": _finite_mean(image, pred, valid),
-        "chi_ref_ppm": _finite_mean(image, ref, valid),
-        "flag": flag,
-    }
-    return out
+    return {**{name: metric(masks) for name, metric in SIDE_METRICS.items()}, "flag": flag}
 
 
 def _as_array(x: Volume | np.ndarray) -> np.ndarray:
@@ -243,7 +267,7 @@ def case_identity(case: Case, method: str, fold: str | int | None, reference: st
 
 
 def evaluate_cases(cases: list[Case], predictions: Mapping[str, Path] | Path | str, *, method: str,
-                   reference: str = "rater1", fold: str | int | None = None, allow_missing: bool = False,
+                   reference: str = REFERENCE_RATER, fold: str | int | None = None, allow_missing: bool = False,
                    progress: bool = True, meta_columns: Iterable[str] = META_COLUMNS) -> pd.DataFrame:
     """Per-case long table (one row per case x side) of a method's predictions against a reference rater.
 

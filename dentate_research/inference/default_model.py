@@ -9,7 +9,7 @@ A two-step model folder holds two run directories (see the trained-model contrac
 
 1. ``$DENTATE_RESEARCH_MODEL`` (a model folder chosen by the user),
 2. the user cache ``$XDG_CACHE_HOME/dentate_research/default_model`` (``~/.cache/...``), where
-   ``python -m dentate_research demo --install`` (or :func:`train_default_model`, :func:`install_model`) puts a
+   ``python -m dentate_research demo --install`` (or :func:`install_model`) puts a
    model,
 3. ``dentate_research/assets/default_model/`` (shipped inside the package, if present),
 
@@ -26,13 +26,11 @@ import shutil
 from pathlib import Path
 
 from dentate_research.data.io import DataError
-from dentate_research.training.backends import get_backend
-from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, train_two_step_model
+from dentate_research.runtime.stage_model import model_files
 
 MODEL_ENV = "DENTATE_RESEARCH_MODEL"
 STAGE_DIRS = ("localization", "segmentation")
-__all__ = ["DEFAULT_LOCALIZER", "DEFAULT_SEGMENTER", "MODEL_ENV", "default_model_dir", "install_model",
-           "is_model_dir", "packaged_model_dir", "train_default_model", "user_model_dir"]
+__all__ = ["MODEL_ENV", "default_model_dir", "install_model", "is_model_dir", "packaged_model_dir", "user_model_dir"]
 
 
 def packaged_model_dir() -> Path:
@@ -67,38 +65,6 @@ def default_model_dir() -> Path:
         f"{packaged_model_dir()}). Create it offline in a few minutes on CPU with 'python -m dentate_research demo' "
         "(generates phantoms and trains a tiny two-step model), or pass --model MODEL_DIR (a folder with "
         "localization/ and segmentation/ run directories) or --localizer RUN_DIR --segmenter RUN_DIR.")
-
-
-def train_default_model(out_dir: Path | str | None = None, data_dir: Path | str | None = None, *,
-                        manifest: Path | str | None = None, epochs: int = 10, iterations_per_epoch: int = 20,
-                        seed: int = 0, device: str = "cpu", overwrite: bool = False) -> Path:
-    """Train the tiny default two-step model and return its folder (``out_dir``, default: the user cache).
-
-    Args:
-        out_dir: model folder to create (gets ``localization/`` and ``segmentation/``).
-        data_dir: phantom data folder; generated with the ``small`` preset if it has no ``manifest.tsv``.
-        manifest: an existing manifest to train on instead of ``data_dir`` (needs a cerebellum column).
-        epochs, iterations_per_epoch: training budget per stage (batches of random patches).
-        seed: seed of data generation and training.
-        device: ``cpu`` or ``cuda``.
-        overwrite: replace an existing model folder.
-    """
-    out_dir = Path(out_dir) if out_dir is not None else user_model_dir()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir}: model folder exists; pass overwrite=True to retrain it")
-        shutil.rmtree(out_dir)
-    if manifest is None:
-        if data_dir is None:
-            raise ValueError("give data_dir (phantoms are generated there if absent) or manifest")
-        data_dir = Path(data_dir)
-        manifest = data_dir / "manifest.tsv"
-        if not manifest.is_file():
-            from dentate_research.data.phantom import generate_dataset
-
-            manifest = generate_dataset(data_dir, preset="small", seed=seed)
-    return train_two_step_model(out_dir, manifest, epochs=epochs, iterations_per_epoch=iterations_per_epoch,
-                                seed=seed, device=device)
 
 
 def install_model(model_dir: Path | str | None, dest: Path | str | None = None, *, overwrite: bool = False,
@@ -140,7 +106,7 @@ def install_model(model_dir: Path | str | None, dest: Path | str | None = None, 
     for stage, run in runs.items():
         card = json.loads((run / "model.json").read_text())
         needed = ["model.json", "config.yaml", "run_info.json", "metrics.csv",
-                  *get_backend(str(card.get("framework", "monai"))).model_files(card)]
+                  *model_files(card)]
         for name in needed:
             if (run / name).is_file():
                 (dest / stage / name).parent.mkdir(parents=True, exist_ok=True)

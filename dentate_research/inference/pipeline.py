@@ -60,11 +60,12 @@ from dentate_research.data.io import DataError, Volume, load_image, to_original_
 from dentate_research.data.labels import MERGED
 from dentate_research.data.postprocess import PostprocessReport, postprocess_dn_labels, side_statistics
 from dentate_research.model_contract import StageModel, card_label_scheme, card_value
-from dentate_research.training.crops import Localization, crop_box_around, localize, min_crop_from_patch
+from dentate_research.runtime.crops import Localization, crop_box_around, localize, min_crop_from_patch
+from dentate_research.schema import CropSettings
 
 from .qc import QCThresholds, qc_status, quality_check
 
-DEFAULT_MARGIN_MM = 10.0
+DEFAULT_MARGIN_MM = CropSettings.margin_mm  # mm, the schema's stage.crop.margin_mm
 PPM_PLAUSIBLE_P99 = 2.0  # ppm; brain QSM rarely exceeds ~0.5 ppm, ppb or Hz maps are 100-1000x larger
 FAILURE_REASONS = ("localizer_empty", "no_dn_found")
 
@@ -231,7 +232,7 @@ class DentatePredictor:
 
     def __init__(self, localizer_dir: Path | str, segmenter_dir: Path | str, device: str = "cpu",
                  margin_mm: float | None = None, min_crop_mm: tuple[float, float, float] | None = None):
-        from dentate_research.training.artifacts import load_stage  # torch and MONAI: imported when a model loads
+        from dentate_research.runtime.stage_model import load_stage  # torch and MONAI: imported when a model loads
 
         t0 = time.perf_counter()
         localizer = load_stage(localizer_dir, "localization", device)
@@ -272,7 +273,7 @@ class DentatePredictor:
         self.min_crop_mm = tuple(min_crop_mm) if min_crop_mm is not None else default_min_crop_mm(segmenter.card)
 
     def _localize(self, volume: Volume) -> Localization:
-        """Cerebellar mask on ``volume``'s grid (largest component): :func:`dentate_research.training.crops.localize`,
+        """Cerebellar mask on ``volume``'s grid (largest component): :func:`dentate_research.runtime.crops.localize`,
         the same function that cuts the segmentation crops at training and validation."""
         return localize(self.localizer, volume)
 

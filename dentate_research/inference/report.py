@@ -124,7 +124,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
                           "The segmenter is unsure inside the {side} DN: mean confidence {p_mean}, {p_uncertain} of "
                           "its voxels below {uncertain_probability} (limits: mean at least {min_mean_confidence}, at "
                           "most {max_uncertain_fraction_pct} uncertain voxels)."),
-    # failures (no X_seg written): pipeline.FAILURE_REASONS and cli/segment.py
+    # failures (no X_seg written): pipeline.FAILURE_REASONS and inference/batch.py (failure records)
     "localizer_empty": ("no cerebellum found",
                         "Failed: the localizer found no cerebellum (empty mask, or a constant image). No segmentation "
                         "was written. Is this a QSM map of the head in ppm that covers the cerebellum?"),

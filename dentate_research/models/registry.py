@@ -16,11 +16,13 @@ before any data is loaded, not deep inside a forward pass.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..schema import arch_config_kwargs
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,16 @@ class ArchSpec:
     builder: Callable[..., torch.nn.Module] | None = None
     fixed_patch_size: bool = False  # True when the network is built for exactly one input size (UNETR)
     min_bottleneck_voxels: int = 1  # voxels at patch / divisor; instance norm there needs > 1 (SwinUNETR)
-    default_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_kwargs(self) -> dict[str, Any]:
+        """The architecture's keyword arguments from ``configs/arch/<name>.yaml``, the one place they are written
+        (:func:`dentate_research.schema.arch_config_kwargs`)."""
+        return arch_config_kwargs(self.name)
 
 
 def _strided_levels(kwargs: Mapping[str, Any]) -> int:
-    strides = kwargs.get("strides", (2, 2, 2, 2))
+    strides = kwargs["strides"]
     factor = 1
     for s in strides:
         factor *= int(s) if not isinstance(s, Sequence) else int(max(s))
@@ -61,8 +68,7 @@ def _build_unet(in_channels: int, out_channels: int, patch_size: Sequence[int], 
     from monai.networks.nets import UNet
 
     return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
-                channels=tuple(kw.pop("channels", (16, 32, 64, 128, 256))),
-                strides=tuple(kw.pop("strides", (2, 2, 2, 2))), **kw)
+                channels=tuple(kw.pop("channels")), strides=tuple(kw.pop("strides")), **kw)
 
 
 def _build_attention_unet(in_channels: int, out_channels: int, patch_size: Sequence[int],
@@ -70,8 +76,7 @@ def _build_attention_unet(in_channels: int, out_channels: int, patch_size: Seque
     from monai.networks.nets import AttentionUnet
 
     return AttentionUnet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
-                         channels=tuple(kw.pop("channels", (16, 32, 64, 128))),
-                         strides=tuple(kw.pop("strides", (2, 2, 2))), **kw)
+                         channels=tuple(kw.pop("channels")), strides=tuple(kw.pop("strides")), **kw)
 
 
 def _build_unetr(in_channels: int, out_channels: int, patch_size: Sequence[int], **kw: Any) -> torch.nn.Module:
@@ -105,31 +110,26 @@ def _build_swin_unetr(in_channels: int, out_channels: int, patch_size: Sequence[
 ARCHITECTURES: dict[str, ArchSpec] = {
     "unet": ArchSpec(
         "unet", "monai", "MONAI residual U-Net (Kerfoot et al.)",
-        divisor=_strided_levels, optimizer=OptimizerSpec("AdamW", 1e-3, 1e-5), builder=_build_unet,
-        default_kwargs={"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}),
+        divisor=_strided_levels, optimizer=OptimizerSpec("AdamW", 1e-3, 1e-5), builder=_build_unet),
     "attention_unet": ArchSpec(
         "attention_unet", "monai", "MONAI Attention U-Net (Oktay et al.)",
-        divisor=_strided_levels, optimizer=OptimizerSpec("AdamW", 1e-3, 1e-5), builder=_build_attention_unet,
-        default_kwargs={"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}),
+        divisor=_strided_levels, optimizer=OptimizerSpec("AdamW", 1e-3, 1e-5), builder=_build_attention_unet),
     "segresnet": ArchSpec(
         "segresnet", "monai", "MONAI SegResNet (Myronenko, BraTS 2018)",
-        divisor=lambda kw: 2 ** (len(kw.get("blocks_down", (1, 2, 2, 4))) - 1),
-        optimizer=OptimizerSpec("AdamW", 1e-3, 1e-5), builder=_build_segresnet,
-        default_kwargs={"init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]}),
+        divisor=lambda kw: 2 ** (len(kw["blocks_down"]) - 1),
+        optimizer=OptimizerSpec("AdamW", 1e-3, 1e-5), builder=_build_segresnet),
     "unetr": ArchSpec(
         "unetr", "monai", "MONAI UNETR (ViT encoder, 16^3 tokens; built for one patch size)",
         divisor=lambda kw: 16, optimizer=OptimizerSpec("AdamW", 1e-4, 1e-5), builder=_build_unetr,
-        fixed_patch_size=True,
-        default_kwargs={"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12}),
+        fixed_patch_size=True),
     "swin_unetr": ArchSpec(
         "swin_unetr", "monai", "MONAI SwinUNETR (Swin transformer encoder; MONAI 1.6, no img_size)",
         divisor=lambda kw: 32, optimizer=OptimizerSpec("AdamW", 1e-4, 1e-5), builder=_build_swin_unetr,
-        min_bottleneck_voxels=2,
-        default_kwargs={"feature_size": 24}),
+        min_bottleneck_voxels=2),
     "nnunet": ArchSpec(
         "nnunet", "nnunet",
         "nnU-Net v2 (self-configuring plain conv U-Net from dynamic_network_architectures, trained by nnunetv2)",
-        divisor=lambda kw: 2 ** (int(kw.get("n_stages") or 2) - 1),  # n_stages None: fitted to the patch
+        divisor=lambda kw: 2 ** (int(kw["n_stages"] or 2) - 1),  # n_stages None: fitted to the patch
         optimizer=OptimizerSpec("SGD", 1e-2, 3e-5, momentum=0.99, nesterov=True)),
 }
 

@@ -2,11 +2,13 @@
 ``python -m dentate_research reproduce``. The orchestration is plain Python: it receives a function that turns a
 list of train-config overrides into a config, so Hydra stays at the command-line edge.
 
-One module per table, registered by study name in :data:`STUDY_TABLES` (:func:`look_up_study`); :class:`StudyRunner`
-holds what they share (data, splits, training runs, per-case inference and evaluation)."""
+One module per table, each registering its :class:`Study` (name, table id, title, table and training runs) in
+:mod:`.registry` (:func:`registered_studies`, :func:`look_up_study`); :class:`StudyRunner` holds what they share
+(data, splits, training runs, per-case inference and evaluation)."""
 
-from .registry import STUDIES, STUDY_TABLES, look_up_study
+from .registry import Study, look_up_study, register, registered_studies, study_names, unregister
 from .runner import StudyRunner, run_studies
 from .settings import StudySettings
 
-__all__ = ["STUDIES", "STUDY_TABLES", "StudyRunner", "StudySettings", "look_up_study", "run_studies"]
+__all__ = ["Study", "StudyRunner", "StudySettings", "look_up_study", "register", "registered_studies", "run_studies",
+           "study_names", "unregister"]

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .registry import RunKey, Study, register
 from .summaries import dice_by_side, plot_dice_by_site
 from .tables import write_table
 
@@ -36,7 +37,7 @@ def _budget_iterations(run_dir: Path) -> int:
 
 def _training_summary(seg_dir: Path, device: str, times: list[float]) -> dict[str, Any]:
     """The T3 columns of one segmentation run (:data:`EXTRA_COLUMNS`); ``times``: inference s per test case."""
-    from ..training.artifacts import load_stage_model
+    from ..runtime.stage_model import load_stage_model
     from ..training.backends import get_backend
 
     info = _read_json(seg_dir / "run_info.json")
@@ -53,6 +54,12 @@ def _training_summary(seg_dir: Path, device: str, times: list[float]) -> dict[st
         "best_val_dice": best.get("value", float("nan")), "best_at_iteration": best.get("iteration"),
         "inference_s_per_case": float(np.mean(times)) if times else float("nan"),
     }
+
+
+def architecture_runs(runner: StudyRunner) -> list[RunKey]:
+    """The fold-0 localizer and one segmenter per benchmarked architecture."""
+    return [("localization", runner.s.localizer_arch, "0"),
+            *[("segmentation", arch, "0") for arch in runner.s.architectures]]
 
 
 def architectures_study(runner: StudyRunner) -> Path:
@@ -96,3 +103,8 @@ def architectures_study(runner: StudyRunner) -> Path:
                        "best_val_dice = mean Dice of the sides on the fold's validation crops at the selected "
                        "checkpoint; learning curves in figures/T3_learning_curves.png. Budget: see config.yaml "
                        "of each run in the work folder and provenance.json.")
+
+
+STUDY = register(Study(
+    name="architectures", table_id="T3", table=architectures_study, runs=architecture_runs,
+    title="Architectures in the same two-step pipeline: Dice per side, training, parameters"))

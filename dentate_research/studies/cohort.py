@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.manifest import Case
+from .registry import Study, register
 from .tables import write_table
 
 if TYPE_CHECKING:
@@ -70,3 +71,8 @@ def cohort_study(runner: StudyRunner) -> Path:
     return write_table(df, runner.s.out_dir, "T1_cohort", "T1 Cohort (per site)", runner.stamp(),
                        "Role counts are scans: development = cross-validation folds, internal_test = held-out "
                        "subjects of development sites, external_test = whole external sites.")
+
+
+STUDY = register(Study(
+    name="cohort", table_id="T1", table=cohort_study,
+    title="Cohort: per site n, groups, age, sex, field strength, voxel size, reconstruction, role"))

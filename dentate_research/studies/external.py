@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..data.atomic import write_csv_atomic
 from ..evaluation.stats import paired_comparison
 from .paper import PAPER
+from .registry import Study, fold0_two_step_runs, register
 from .summaries import comparison_lines, dice_by_side, plot_dice_by_site
 from .tables import write_table
 
@@ -53,3 +54,8 @@ def external_study(runner: StudyRunner) -> Path:
     write_csv_atomic(comp, s.out_dir / "T5_external_paired_tests.csv")
     return write_table(table, s.out_dir, "T5_external",
                        "T5 External sites: two-step model vs classical baseline", runner.stamp(), notes)
+
+
+STUDY = register(Study(
+    name="external", table_id="T5", table=external_study, runs=fold0_two_step_runs,
+    title="External sites: the two-step model vs the classical baseline, paired tests"))

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from ..data.atomic import write_csv_atomic, write_figure_atomic
 from ..evaluation.stats import mean_ci, paired_comparison, wilson_interval
+from .registry import Study, fold0_two_step_runs, register
 from .summaries import comparison_lines, dice_by_side
 from .tables import dataframe_to_markdown, write_table
 
@@ -326,3 +327,8 @@ def failure_modes_study(runner: StudyRunner) -> Path:
     return write_table(table[keep], s.out_dir, "T7_failure_modes",
                        "T7 Failure modes: two-step model vs classical baseline on hard-case phantoms, per factor bin",
                        runner.stamp(), notes)
+
+
+STUDY = register(Study(
+    name="failure_modes", table_id="T7", table=failure_modes_study, runs=fold0_two_step_runs,
+    title="Failure modes: Dice and failure rate per hard-case factor, two-step vs baseline"))

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..data.labels import DN_SIDES, SIDE_NAMES
 from ..evaluation.stats import agreement
 from .paper import PAPER
+from .registry import RunKey, Study, register
 from .tables import write_table
 
 if TYPE_CHECKING:
@@ -25,6 +26,13 @@ KEEP = ["site", "side", "quantity", "pearson_r", "pearson_ci95_low", "pearson_ci
 def loso_sites(runner: StudyRunner) -> list[str]:
     """The sites left out in turn: ``loso_sites`` of the settings, default every development site."""
     return runner.s.loso_sites or list(runner.splits["development_sites"])
+
+
+def loso_runs(runner: StudyRunner) -> list[RunKey]:
+    """A localizer and a segmenter per left-out site."""
+    return [run for site in loso_sites(runner)
+            for run in (("localization", runner.s.localizer_arch, f"loso:{site}"),
+                        ("segmentation", runner.s.pipeline_arch, f"loso:{site}"))]
 
 
 def loso_study(runner: StudyRunner) -> Path:
@@ -68,3 +76,8 @@ def loso_study(runner: StudyRunner) -> Path:
     return write_table(table, s.out_dir, "T6_unseen_sites",
                        "T6 Unseen sites (leave one site out): automated vs manual DN volume and mean chi",
                        runner.stamp(), notes)
+
+
+STUDY = register(Study(
+    name="loso", table_id="T6", table=loso_study, runs=loso_runs,
+    title="Unseen sites (leave one site out): automated vs manual DN volume and mean chi"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .paper import PAPER
+from .registry import Study, register
 from .tables import write_table
 
 if TYPE_CHECKING:
@@ -30,3 +31,8 @@ def reliability_study(runner: StudyRunner) -> Path:
     return write_table(table, runner.s.out_dir, "T2_rater_reliability",
                        "T2 Rater reliability of DN volume (named ICC forms) and Dice between raters",
                        runner.stamp(), notes)
+
+
+STUDY = register(Study(
+    name="reliability", table_id="T2", table=reliability_study,
+    title="Rater reliability: intra- and interrater ICC of the DN volume, Dice between raters"))

@@ -18,9 +18,9 @@ T7     failure modes: the fold-0 two-step model and the classical baseline (fold
        (:mod:`dentate_research.studies.failure_modes`)
 =====  ===================================================================================================
 
-One module per table (``cohort``, ``reliability``, ``architectures``, ``two_step``, ``external``, ``loso``,
-``failure_modes``), looked up by name in :mod:`~dentate_research.studies.registry`; the paper's reference numbers
-are in :mod:`~dentate_research.studies.paper`. :class:`StudyRunner` is what the tables share: the data and
+One module per table, each registering its :class:`~dentate_research.studies.registry.Study` (name, table id,
+title, table and training runs) with :mod:`~dentate_research.studies.registry`; the paper's reference numbers are
+in :mod:`~dentate_research.studies.paper`. :class:`StudyRunner` is what the tables share: the data and
 splits, the training runs (trained or reused), and the inference and evaluation of one case.
 
 Every training run is a real :func:`dentate_research.training.train_stage` call; completed runs in the work
@@ -53,7 +53,7 @@ from ..data.splits import load_split, make_splits, write_splits
 from ..data.units import case_image_in_ppm
 from ..evaluation.metrics import case_identity, evaluate_case
 from .paper import PAPER
-from .registry import STUDIES, STUDY_RUNS, look_up_study
+from .registry import look_up_study
 from .settings import StudySettings
 from .tables import provenance_block, write_json
 
@@ -179,8 +179,8 @@ class StudyRunner:
             if (stage, arch, fold) not in runs:
                 runs.append((stage, arch, fold))
 
-        for study in s.studies:
-            for stage, arch, fold in STUDY_RUNS.get(study, lambda _runner: [])(self):
+        for name in s.studies:
+            for stage, arch, fold in look_up_study(name).runs(self):
                 add(stage, arch, fold)
         return runs
 
@@ -312,8 +312,9 @@ class StudyRunner:
         written: dict[str, Path] = {}
         for study in self.s.studies:
             t0 = time.perf_counter()
-            log.info("%s ...", study)
-            written[study] = look_up_study(study)(self)
+            entry = look_up_study(study)
+            log.info("%s (%s: %s) ...", study, entry.table_id, entry.title)
+            written[study] = entry.table(self)
             self.timeline.append({"study": study, "seconds": round(time.perf_counter() - t0, 1)})
             log.info("%s: %s (%s s)", study, written[study], self.timeline[-1]["seconds"])
         prov = self.stamp()
@@ -354,4 +355,4 @@ def run_studies(settings: StudySettings, compose_train_cfg: ComposeFn, launcher:
     return StudyRunner(settings, compose_train_cfg).run(launcher)
 
 
-__all__ = ["PAPER", "STUDIES", "StudyRunner", "StudySettings", "run_studies"]
+__all__ = ["PAPER", "StudyRunner", "StudySettings", "run_studies"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .registry import STUDIES
+from .registry import expand_studies
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -23,6 +23,8 @@ class StudySettings:
         data_preset: phantom preset to generate (``tiny``/``small``/``paper``), or None when ``manifest`` is given.
         manifest: users' own manifest (real data); overrides ``data_preset``.
         rater: manual rater used both as training label and as evaluation reference (paper: manual tracing).
+        studies: the studies to run, in this order; ``all`` becomes every registered study in table order
+            (:func:`~.registry.expand_studies`; an unknown name is a :class:`~dentate_research.schema.SettingsError`).
         architectures: registry names benchmarked in T3.
         pipeline_arch: segmentation architecture of the two-step model used in T4-T6.
         localizer_arch: architecture of the localization stage.
@@ -103,9 +105,7 @@ class StudySettings:
             command=command)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.studies) - set(STUDIES))
-        if unknown:
-            raise ValueError(f"unknown studies {unknown}; allowed: {list(STUDIES)}")
+        self.studies = expand_studies(self.studies)
         if self.manifest is None and not self.data_preset:
             raise ValueError("give either data_preset (phantoms) or manifest (your own data)")
         self.out_dir, self.work_dir = Path(self.out_dir), Path(self.work_dir)

@@ -10,6 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..evaluation.stats import paired_comparison
+from .registry import Study, fold0_two_step_runs, register
 from .summaries import comparison_lines, dice_by_side
 from .tables import write_table
 
@@ -24,7 +25,7 @@ TWO_STEP, ONE_STEP = "two-step", "one-step (whole volume)"
 def two_step_study(runner: StudyRunner) -> Path:
     """Write ``T4_one_vs_two_step.{md,csv}`` and the per-case rows; returns the Markdown path."""
     from ..inference.whole_volume import predict_whole_volume
-    from ..training.artifacts import load_stage_model
+    from ..runtime.stage_model import load_stage_model
 
     arch = runner.s.pipeline_arch
     loc_dir = runner.localizer()
@@ -54,3 +55,8 @@ def two_step_study(runner: StudyRunner) -> Path:
              + comparison_lines(comp))
     return write_table(table, runner.s.out_dir, "T4_one_vs_two_step",
                        "T4 One-step (whole volume) vs two-step (localize, crop, segment)", runner.stamp(), notes)
+
+
+STUDY = register(Study(
+    name="two_step", table_id="T4", table=two_step_study, runs=fold0_two_step_runs,
+    title="One step (whole volume) vs two steps (localize, crop, segment): Dice and time"))

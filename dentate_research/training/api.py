@@ -3,7 +3,7 @@
 Usable without Hydra: ``cfg`` is a nested dict / OmegaConf config with the groups of ``configs/train.yaml``
 (arch, data, stage, split, trainer, augmentation, inferer, logger, paths, seed). Everything except ``arch`` -
 split, preprocessing, patch sampling, iteration budget, inferer, postprocessing - is shared by all networks, and
-the final validation of every run goes through the same :class:`~dentate_research.training.artifacts.StageModel`
+the final validation of every run goes through the same :class:`~dentate_research.runtime.stage_model.NetworkStageModel`
 path that inference uses.
 """
 
@@ -27,16 +27,25 @@ from ..data.io import DataError
 from ..data.labels import MERGED, network_label_scheme
 from ..data.manifest import Case, read_manifest
 from ..logs import run_log_file
+from ..model_contract import ModelCard
 from ..models import available_architectures, get_arch, validate_patch_size
-from ..schema import CONFIG_DIR, SettingsError, check_train_settings, config_error_line, train_config
-from .artifacts import ModelCard, NetworkStageModel, load_stage_model, plot_training_curve, write_run_info
+from ..runtime.crops import min_crop_from_patch
+from ..runtime.inferer import InfererSettings
+from ..runtime.stage_model import NetworkStageModel, load_stage_model
+from ..schema import (
+    CONFIG_DIR,
+    AugmentationSettings,
+    SettingsError,
+    check_train_settings,
+    config_error_line,
+    train_config,
+    trainer_settings,
+)
+from .artifacts import plot_training_curve, write_run_info
 from .backends import TrainingBackend, TrainingJob, get_backend
-from .crops import min_crop_from_patch
 from .distributed import DistContext, setup_distributed
 from .finetune import apply_init_from
-from .inferer import InfererSettings
 from .loggers import RunLogger
-from .monai_loop import LoopSettings
 from .preprocessing import STAGES, StageSample, median_spacing, prepare_samples, stage_classes
 from .rundir import check_run_dir, claim_run_dir
 from .validation import stage_metrics
@@ -216,6 +225,8 @@ def _train_stage(cfg: DictConfig, backend: TrainingBackend, unique_run_dir: bool
     data = prepare_data(cfg, device, dist)
     run_dir = claim_run_folder(cfg, request, dist)
     with run_log_file(run_dir) if dist.is_main else contextlib.nullcontext():
+        if run_dir != request.path and dist.is_main:  # logged here, so that the run's own train.log has it
+            log.warning("%s is used by another run; this run writes to %s", request.path, run_dir)
         return _train_in_run_folder(cfg, backend, data, run_dir, device, dist, t_start)
 
 
@@ -362,8 +373,6 @@ def claim_run_folder(cfg: DictConfig, request: RunFolderRequest, dist: DistConte
     if claimed != request.path or not request.explicit:
         with open_dict(cfg):
             cfg.paths.run_dir = str(claimed)
-        if claimed != request.path and dist.is_main:
-            log.warning("%s is used by another run; this run writes to %s", request.path, claimed)
     if dist.is_main:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         write_text_atomic(claimed / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
@@ -397,13 +406,14 @@ def build_card(cfg: DictConfig, data: PreparedData, framework: str) -> tuple[Mod
 def build_job(cfg: DictConfig, data: PreparedData, card: ModelCard, inferer: InfererSettings, run_dir: Path,
               device: torch.device, dist: DistContext) -> TrainingJob:
     """What the backend trains: the prepared samples, the card's network settings, the training budget
-    (:meth:`LoopSettings.from_trainer`) and the trainer / augmentation groups."""
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    and randomization as the schema's typed objects (:func:`~dentate_research.schema.trainer_settings`,
+    :meth:`~dentate_research.schema.AugmentationSettings.from_dict`), the same for every backend."""
     return TrainingJob(
         run_dir=run_dir, stage=card.stage, arch=card.arch, arch_kwargs=dict(card.arch_kwargs), classes=data.classes,
         train_samples=data.train_samples, val_samples=data.val_samples, patch_size=list(card.patch_size),
-        loop=LoopSettings.from_trainer(trainer), trainer=trainer,
-        augmentation=OmegaConf.to_container(cfg.augmentation, resolve=True), inferer=inferer,
+        trainer=trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True)),
+        augmentation=AugmentationSettings.from_dict(OmegaConf.to_container(cfg.augmentation, resolve=True)),
+        inferer=inferer,
         postprocess=bool(card.postprocess["largest_component_per_class"]), margin_mm=float(data.crop["margin_mm"]),
         device=device, seed=data.seed, dist=dist)
 
@@ -424,7 +434,7 @@ def final_validation(job: TrainingJob, card: ModelCard, logger: RunLogger, loop_
     card.to_json(job.run_dir / "model.json")
     final: dict[str, Any] = {}
     if job.val_samples:
-        loop = job.loop
+        loop = job.trainer
         model = load_stage_model(job.run_dir, device=job.device)
         final = stage_metrics(job.stage, lambda s: model.predict(s.raw_volume()), job.val_samples, job.margin_mm)
         logger.log({"epoch": loop_result.get("epochs_run", loop.epochs),

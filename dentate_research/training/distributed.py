@@ -152,7 +152,7 @@ def setup_distributed(devices: int, device_name: str, backend: str = "auto",
     is ``cuda:LOCAL_RANK`` for ``trainer.device=cuda|auto`` with CUDA, else ``cpu``; backend ``auto`` = nccl on
     CUDA, gloo on CPU. ``timeout_min`` bounds every collective (rank 0 validates while the others wait).
     """
-    from .artifacts import resolve_device
+    from ..runtime.device import resolve_device
 
     devices = int(devices)
     if devices < 1:

@@ -22,8 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..data.io import DataError
-from ..model_contract import card_label_scheme
-from .artifacts import ModelCard
+from ..model_contract import ModelCard, card_label_scheme
 from .backends import get_backend
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,6 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +28,12 @@ from tqdm.auto import tqdm
 from ..data.atomic import atomic_output
 from ..data.labels import MERGED, network_label_scheme
 from ..models import build_network, get_arch
+from ..runtime.inferer import postprocess_labels, predict_probabilities
 from ..schema import LRSchedule, TrainerSettings
-from .augmentation import AugmentationSettings, Augmenter
+from .augmentation import Augmenter
+from .backends.base import TrainingJob
 from .datasets import PatchSampler
-from .distributed import DistContext, shard_seed
-from .inferer import InfererSettings, postprocess_labels, predict_probabilities
+from .distributed import shard_seed
 from .loggers import RunLogger
 from .preprocessing import StageSample
 from .validation import selection_score, stage_metrics
@@ -44,74 +43,23 @@ log = logging.getLogger(__name__)
 LR_SCHEDULES = LRSchedule.words()
 
 
-@dataclass
-class LoopSettings:
-    """Training budget and optimisation settings of the MONAI loop, built from the trainer config
-    (:class:`dentate_research.schema.TrainerSettings`, where their defaults live) by :meth:`from_trainer`."""
-
-    epochs: int
-    iterations_per_epoch: int
-    batch_size: int
-    val_every: int
-    optimizer: str | None  # None: the architecture's recommendation
-    lr: float | None
-    weight_decay: float | None
-    momentum: float | None
-    lr_schedule: str
-    warmup_iterations: int
-    grad_clip: float | None
-    amp: bool
-    foreground_prob: float
-    resume: bool
-    patience: int | None  # early stop after this many validations without improvement (None: off)
-    min_delta: float  # improvement of the selection score that resets the patience counter
-    max_minutes: float | None  # wall-clock budget of the training loop (None: off)
-    init_checkpoint: str | None  # fine-tuning: start from these weights (training.finetune)
-    accumulate_grad_batches: int  # micro-batches per optimizer step (each from its own patch stream)
-
-    @classmethod
-    def from_trainer(cls, trainer: Mapping[str, Any] | TrainerSettings | None = None) -> LoopSettings:
-        """From a (partial) trainer config: absent keys take the schema's defaults."""
-        from omegaconf import OmegaConf
-
-        tr = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerSettings), trainer or {}))
-        opt = tr.optimizer
-        return cls(epochs=int(tr.epochs), iterations_per_epoch=int(tr.iterations_per_epoch),
-                   batch_size=int(tr.batch_size), val_every=int(tr.val_every), optimizer=opt.name, lr=opt.lr,
-                   weight_decay=opt.weight_decay, momentum=opt.momentum, lr_schedule=str(tr.lr_schedule),
-                   warmup_iterations=int(tr.warmup_iterations), grad_clip=tr.grad_clip, amp=bool(tr.amp),
-                   foreground_prob=float(tr.foreground_prob), resume=bool(tr.resume), patience=tr.patience,
-                   min_delta=float(tr.min_delta), max_minutes=tr.max_minutes, init_checkpoint=tr.init_checkpoint,
-                   accumulate_grad_batches=int(tr.accumulate_grad_batches))
-
-    def __post_init__(self) -> None:
-        if self.patience is not None and int(self.patience) < 1:
-            raise ValueError(f"trainer.patience must be >= 1 validations or null, got {self.patience}")
-        if self.max_minutes is not None and float(self.max_minutes) <= 0:
-            raise ValueError(f"trainer.max_minutes must be > 0 or null, got {self.max_minutes}")
-        if self.min_delta < 0:
-            raise ValueError(f"trainer.min_delta must be >= 0, got {self.min_delta}")
-        if int(self.accumulate_grad_batches) < 1:
-            raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
-
-
-def make_optimizer(params: Any, arch: str, s: LoopSettings) -> torch.optim.Optimizer:
-    """The architecture's recommended optimizer, with any setting given in ``s`` taking precedence."""
-    rec = get_arch(arch).optimizer
-    name = s.optimizer or rec.name
-    lr = float(s.lr if s.lr is not None else rec.lr)
-    wd = float(s.weight_decay if s.weight_decay is not None else rec.weight_decay)
+def make_optimizer(params: Any, arch: str, s: TrainerSettings) -> torch.optim.Optimizer:
+    """The architecture's recommended optimizer, with any setting given in ``s.optimizer`` taking precedence."""
+    rec, given = get_arch(arch).optimizer, s.optimizer
+    name = str(given.name or rec.name)
+    lr = float(given.lr if given.lr is not None else rec.lr)
+    wd = float(given.weight_decay if given.weight_decay is not None else rec.weight_decay)
     if name == "AdamW":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     if name == "Adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "SGD":
-        momentum = float(s.momentum if s.momentum is not None else rec.momentum)
+        momentum = float(given.momentum if given.momentum is not None else rec.momentum)
         return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=momentum > 0)
     raise ValueError(f"trainer.optimizer.name '{name}' unknown; allowed: AdamW, Adam, SGD")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, s: LoopSettings) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, s: TrainerSettings) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration LR multiplier: linear warm-up, then poly (exponent 0.9), cosine or constant."""
     if s.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"trainer.lr_schedule '{s.lr_schedule}' unknown; allowed: {list(LR_SCHEDULES)}")
@@ -136,11 +84,7 @@ def _save(path: Path, **state: Any) -> None:
         torch.save(state, tmp)
 
 
-def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, Any], classes: Sequence[str],
-                train_samples: Sequence[StageSample], val_samples: Sequence[StageSample],
-                patch_size: Sequence[int], loop: LoopSettings, augmentation: AugmentationSettings,
-                inferer: InfererSettings, postprocess: bool, margin_mm: float, device: torch.device,
-                logger: RunLogger | None, seed: int = 0, dist: DistContext | None = None) -> dict[str, Any]:
+def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
     """Train a MONAI network; writes checkpoints/{last,best,final}.pt; returns the best validation metrics
     plus ``stop_reason`` (``budget`` | ``plateau`` | ``time_budget``), ``epochs_run``, ``iterations_run`` and
     ``distributed`` (world size, patch-stream seeds, global batch, largest weight difference between ranks).
@@ -150,10 +94,13 @@ def train_monai(*, run_dir: Path, stage: str, arch: str, arch_kwargs: dict[str, 
 
     With ``dist`` (several processes, :mod:`.distributed`) the network is wrapped in DistributedDataParallel;
     rank 0 alone validates, logs (``logger`` may be None on the other ranks) and writes checkpoints, and the stop
-    decision it takes after each epoch is broadcast. One step = ``loop.accumulate_grad_batches`` micro-batches
+    decision it takes after each epoch is broadcast. One step = ``trainer.accumulate_grad_batches`` micro-batches
     per rank, micro-batch ``m`` of rank ``r`` drawn from patch stream ``r * A + m`` (:func:`.distributed.shard_seed`).
     """
-    dist = dist or DistContext(device=device)
+    run_dir, stage, arch, arch_kwargs, classes = job.run_dir, job.stage, job.arch, job.arch_kwargs, job.classes
+    train_samples, val_samples, patch_size = job.train_samples, job.val_samples, job.patch_size
+    loop, augmentation, inferer, postprocess = job.trainer, job.augmentation, job.inferer, job.postprocess
+    margin_mm, device, seed, dist = job.margin_mm, job.device, job.seed, job.dist
     main = dist.is_main
     ckpt_dir = Path(run_dir) / "checkpoints"
     if main:

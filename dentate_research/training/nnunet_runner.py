@@ -25,7 +25,7 @@ import contextlib
 import copy
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ from ..data.io import DataError
 from ..data.labels import swap_left_right_labels
 from ..data.nnunet_export import dataset_folder_name as dataset_name
 from ..data.nnunet_export import raw_dataset_folder, write_dataset_json, write_raw_case
+from ..runtime.nnunet_model import load_nnunet_json as _load_json
+from ..runtime.nnunet_model import nnunet_environment
+from ..schema import arch_config_kwargs
 from .preprocessing import StageSample
 
 NNUNET_CONFIGURATION = "dentate"
@@ -45,41 +48,9 @@ _N_PROC_DA = "nnUNet_n_proc_DA"  # nnU-Net's variable name (mixed case)
 CHECKPOINTS = {"best": "checkpoint_best.pth", "final": "checkpoint_final.pth"}
 
 
-def _load_json(path: Path | str) -> Any:
-    """A JSON file of nnU-Net's (plans, dataset.json, splits)."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _save_json(data: Any, path: Path | str, sort_keys: bool = True) -> None:
     """Write JSON as nnU-Net writes it (indent 4, sorted keys unless told), atomically."""
     write_text_atomic(path, json.dumps(data, indent=4, sort_keys=sort_keys))
-
-
-@contextlib.contextmanager
-def nnunet_environment(root: Path | None, n_proc_DA: int = 0, n_proc: int = 2) -> Iterator[None]:
-    """Set nnU-Net's environment variables for the duration of the block (restored afterwards).
-
-    nnunetv2 2.8 resolves its folders lazily from ``os.environ``; ``nnUNet_def_n_proc`` is read at import, so
-    the first import of nnunetv2 should happen inside this block.
-    """
-    env = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": str(int(n_proc_DA)), "nnUNet_def_n_proc": str(int(n_proc))}
-    if root is not None:
-        root = Path(root)
-        env.update({"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-                    "nnUNet_results": str(root / "results")})
-        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            Path(env[key]).mkdir(parents=True, exist_ok=True)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def write_raw_dataset(raw_root: Path, dataset_id: int, name: str, samples: Sequence[StageSample],
@@ -288,10 +259,9 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
     if not train_samples:
         raise ValueError("nnunet: no training samples")
     root = Path(run_dir) / "nnunet"
-    dataset_id = int(arch_kwargs.get("dataset_id", 501))
-    name = str(arch_kwargs.get("dataset_name", "Dentate"))
-    n_proc_DA = int(arch_kwargs.get("n_proc_DA", 0))
-    n_proc = int(arch_kwargs.get("n_proc", 2))
+    settings = {**arch_config_kwargs("nnunet"), **dict(arch_kwargs)}  # configs/arch/nnunet.yaml fills gaps
+    dataset_id, name = int(settings["dataset_id"]), str(settings["dataset_name"])
+    n_proc_DA, n_proc = int(settings["n_proc_DA"]), int(settings["n_proc"])
     ids = [s.case_id for s in train_samples] + [s.case_id for s in val_samples]
     if len(set(ids)) != len(ids):
         raise DataError(f"nnunet: duplicate case IDs across train/val: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -357,43 +327,3 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         "spacing_nnunet": plans["configurations"]["3d_fullres"]["spacing"],
         "history": history,
     }
-
-
-def build_nnunet_predictor(run_dir: Path, card: Any, device: torch.device, checkpoint: str | None = None) -> Any:
-    """nnUNetPredictor for a trained run (manual_initialization; no trainer lookup by name).
-
-    ``checkpoint``: ``best`` (default) or ``final``, or a path relative to ``run_dir``. nnU-Net's own mirroring
-    is off: the StageModel applies the card's TTA policy itself (same flips and left/right channel swap as for
-    every other architecture).
-    """
-    nn = card.nnunet
-    with nnunet_environment(None, 0, 2):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        key = checkpoint or "best"
-        rel = nn["checkpoints"].get(key, key)
-        ckpt_path = Path(run_dir) / rel
-        if not ckpt_path.exists():
-            raise DataError(f"{ckpt_path}: nnU-Net checkpoint not found in run directory {run_dir}")
-        plans = _load_json(Path(run_dir) / nn["plans"])
-        dataset_json = _load_json(Path(run_dir) / nn["dataset_json"])
-        plans_manager = PlansManager(plans)
-        configuration = plans_manager.get_configuration(nn["configuration"])
-        n_in = determine_num_input_channels(plans_manager, configuration, dataset_json)
-        n_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration, n_in, n_out,
-                                                           enable_deep_supervision=False)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        network.load_state_dict(state["network_weights"])
-        network.eval()
-        mirror_axes = tuple(a for a in nn.get("inference_allowed_mirroring_axes", []) if a != nn["lr_axis"])
-        predictor = nnUNetPredictor(tile_step_size=1 - float(card.inferer.get("overlap", 0.5)),
-                                    use_gaussian=card.inferer.get("mode", "gaussian") == "gaussian",
-                                    use_mirroring=False, perform_everything_on_device=device.type == "cuda",
-                                    device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(network, plans_manager, configuration, [state["network_weights"]],
-                                        dataset_json, "DentateNnUNetTrainer", mirror_axes)
-    return predictor

@@ -8,7 +8,7 @@ Both stages turn manifest cases into :class:`StageSample` objects on the grid th
   spacing, target = DN labels (0 background, 1 left DN, 2 right DN in world RAS).
 
 Images are normalized per case (:func:`normalize_intensity`); the same function runs at inference inside
-:class:`~dentate_research.training.artifacts.StageModel`, and the MONAI loop and the nnU-Net export consume the
+:class:`~dentate_research.runtime.stage_model.NetworkStageModel`, and the MONAI loop and the nnU-Net export consume the
 very same samples.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,13 +28,13 @@ from ..data.labels import CEREBELLUM_TARGET
 from ..data.labels import label_scheme as segmentation_scheme
 from ..data.laterality import midline_x
 from ..data.manifest import Case
-from ..schema import CropSource, NormalizationScheme, StageName
-from .crops import crop_box_around, localize
+from ..runtime.crops import crop_box_around, localize
+from ..runtime.normalization import normalize_intensity
+from ..schema import CropSettings, CropSource, StageName
 
 log = logging.getLogger(__name__)
 
 STAGES = StageName.words()
-NORMALIZATION_SCHEMES = NormalizationScheme.words()
 # Class names come from data/labels.py: localization predicts CEREBELLUM_TARGET; segmentation a scheme of
 # LABEL_SCHEMES: ``lateral`` trains 0/1/2 (left/right DN in world RAS); ``merged`` trains one DN class (0/1) and the
 # sides are assigned afterwards from world x relative to the cerebellar midline (left-right flips then need no
@@ -49,35 +49,6 @@ def stage_classes(stage: str, label_scheme: str = "lateral") -> list[str]:
     if stage == "localization":
         return list(CEREBELLUM_TARGET.class_names)
     return list(segmentation_scheme(label_scheme).class_names)  # ValueError for an unknown scheme
-
-
-def normalize_intensity(array: np.ndarray, scheme: str = "zscore_nonzero",
-                        clip_percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
-    """Per-case intensity normalization of a QSM array (ppm in, unitless out).
-
-    Schemes:
-        ``zscore_nonzero``: z-score using the mean/SD of the non-zero voxels (the head: QSM is 0 outside the
-        brain mask); zero voxels stay 0.
-        ``robust_zscore_nonzero``: clip the non-zero voxels to ``clip_percentiles`` first (streaks, veins),
-        then z-score as above.
-        ``none``: unchanged (float32).
-    """
-    if scheme not in NORMALIZATION_SCHEMES:
-        raise ValueError(f"normalization scheme '{scheme}' unknown; allowed: {list(NORMALIZATION_SCHEMES)}")
-    out = np.asarray(array, dtype=np.float32).copy()
-    if scheme == "none":
-        return out
-    mask = out != 0
-    if mask.sum() < 10:  # (almost) no head voxel: normalize over the whole array
-        mask = np.ones_like(out, dtype=bool)
-    values = out[mask]
-    if scheme == "robust_zscore_nonzero":
-        lo, hi = np.percentile(values, clip_percentiles)
-        out[mask] = np.clip(values, lo, hi)
-        values = out[mask]
-    std = float(values.std())
-    out[mask] = (values - float(values.mean())) / (std if std > 1e-8 else 1.0)
-    return out
 
 
 @dataclass
@@ -193,12 +164,13 @@ def prepare_segmentation_sample(case: Case, spacing_mm: float | Sequence[float] 
     """Crop (see :func:`segmentation_crop_box`; jitter when ``rng`` is given), resample to ``spacing_mm``.
 
     With ``crop_cfg["source"] == "localizer"`` the trained ``localizer`` (a StageModel) is run on the native image
-    through :func:`dentate_research.training.crops.localize`, the function the inference pipeline uses.
+    through :func:`dentate_research.runtime.crops.localize`, the function the inference pipeline uses.
     """
     image = load_image(case.image)
     dn = load_label(case.label(label_rater), image)
     cerebellum = load_label(case.cerebellum, image, allowed=(0, 1)) if case.cerebellum is not None else None
-    source = crop_cfg.get("source", "cerebellum")
+    crop_cfg = {**asdict(CropSettings()), **crop_cfg}  # absent keys: the schema's defaults
+    source = crop_cfg["source"]
     localized, midline, failed = None, None, False
     if source == "localizer":
         if localizer is None:
@@ -216,8 +188,8 @@ def prepare_segmentation_sample(case: Case, spacing_mm: float | Sequence[float] 
         midline = midline_x(cerebellum.array > 0, image.affine)
     if midline is None:
         midline = midline_x(dn.array > 0, image.affine)
-    box = segmentation_crop_box(dn, cerebellum, source, float(crop_cfg.get("margin_mm", 10.0)),
-                                float(crop_cfg.get("jitter_mm", 0.0)), rng, case.case_id, min_crop_mm, localized)
+    box = segmentation_crop_box(dn, cerebellum, source, float(crop_cfg["margin_mm"]), float(crop_cfg["jitter_mm"]),
+                                rng, case.case_id, min_crop_mm, localized)
     image_crop, dn_crop = crop(image, box), crop(dn, box)
     spacing = _spacing_or_native(spacing_mm, image)
     image_crop = resample_to_spacing(image_crop, spacing)

@@ -21,6 +21,7 @@ from ..data.geometry import bbox_from_mask, box_extent_mm, map_bbox
 from ..data.laterality import LEFT_DN, RIGHT_DN
 from ..data.overlap import dice
 from ..data.postprocess import postprocess_dn_labels
+from ..schema import CropSettings
 from .preprocessing import StageSample
 
 
@@ -76,7 +77,7 @@ def postprocess_like_inference(labels: np.ndarray, sample: StageSample) -> np.nd
 
 
 def stage_metrics(stage: str, predict: Callable[[StageSample], np.ndarray], samples: Sequence[StageSample],
-                  margin_mm: float = 10.0) -> dict[str, object]:
+                  margin_mm: float = CropSettings.margin_mm) -> dict[str, object]:
     """Predict every sample with ``predict`` (labels on the sample grid) and compute the stage's metrics."""
     predictions = [predict(s) for s in samples]
     if stage == "segmentation":

@@ -2,7 +2,7 @@
 dispatch.
 
 :func:`get_backend` (``"monai"`` | ``"nnunet"``) returns a :class:`~.base.TrainingBackend`; everything that differs
-between frameworks - config checks, training, loading a trained stage, counting parameters, fine-tuning support -
+between frameworks - config checks, training, counting parameters, fine-tuning support -
 is a method or attribute of it, so the rest of the package never branches on the framework name:
 
 - ``monai`` (:mod:`.monai_backend`): our torch loop (:mod:`dentate_research.training.monai_loop`) and sliding-window

@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 from ...data.labels import LabelScheme, network_label_scheme
+from ...schema import AugmentationSettings, TrainerSettings
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from ...model_contract import ModelCard
-    from ..artifacts import NetworkStageModel
+    from ...runtime.inferer import InfererSettings
+    from ...runtime.stage_model import NetworkStageModel
     from ..distributed import DistContext
-    from ..inferer import InfererSettings
     from ..loggers import RunLogger
-    from ..monai_loop import LoopSettings
     from ..preprocessing import StageSample
 
 
@@ -33,8 +33,9 @@ class TrainingJob:
         classes: class names by label value (their meaning: :attr:`scheme`).
         train_samples / val_samples: prepared stage samples (stage grid, crops, labels of the configured rater).
         patch_size: training patch = sliding window (voxels).
-        loop: budget and optimisation settings; ``trainer``/``augmentation``: the config groups as plain dicts
-            (for backend-specific keys, e.g. ``trainer.val_iterations``, ``augmentation.nnunet_mirroring``).
+        trainer / augmentation: the run's typed settings (:class:`~dentate_research.schema.TrainerSettings`,
+            :class:`~dentate_research.schema.AugmentationSettings`: budget, optimisation, randomization), the
+            same objects for every backend.
         inferer: validation sliding-window settings; ``postprocess``: largest component per class.
         margin_mm: localization bounding-box margin for validation (mm).
         device / seed / dist: torch device, seed, process group (rank 0 = ``dist.is_main``).
@@ -48,9 +49,8 @@ class TrainingJob:
     train_samples: list[StageSample]
     val_samples: list[StageSample]
     patch_size: list[int]
-    loop: LoopSettings
-    trainer: dict[str, Any]
-    augmentation: dict[str, Any]
+    trainer: TrainerSettings
+    augmentation: AugmentationSettings
     inferer: InfererSettings
     postprocess: bool
     margin_mm: float
@@ -89,16 +89,6 @@ class TrainingBackend(Protocol):
         ``distributed``."""
         ...
 
-    def load(self, run_dir: Path, card: ModelCard, device: torch.device,
-             checkpoint: str | None = None) -> NetworkStageModel:
-        """The trained stage of ``run_dir`` (described by ``card``) ready for inference on ``device``."""
-        ...
-
     def count_parameters(self, model: NetworkStageModel) -> int:
         """Trainable parameters of a loaded stage model's network."""
-        ...
-
-    def model_files(self, card: dict[str, Any]) -> list[str]:
-        """Run-folder-relative files (besides model.json) that loading the trained stage reads (installing a model
-        copies them)."""
         ...

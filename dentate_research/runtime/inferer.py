@@ -1,8 +1,8 @@
 """Sliding-window inference with Gaussian blending and laterality-safe test-time augmentation (TTA).
 
-One implementation serves validation during training and :class:`~dentate_research.training.artifacts.StageModel`
-at inference, so every architecture is evaluated with identical settings (window = training patch, overlap 0.5,
-Gaussian importance weighting).
+One implementation serves validation during training and
+:class:`~dentate_research.runtime.stage_model.NetworkStageModel` at inference, so every architecture is evaluated
+with identical settings (window = training patch, overlap 0.5, Gaussian importance weighting).
 
 TTA policies:
     ``none``: a single pass.
@@ -13,7 +13,7 @@ TTA policies:
     left-right axis is flipped (8 passes).
 A plain left-right flip without channel swap is never used for lateralized labels. The passes, the un-flip, the
 channel swap and the average are :func:`tta_average`, shared by the MONAI inferer (:func:`predict_probabilities`)
-and the nnU-Net stage model (:class:`~dentate_research.training.backends.nnunet_backend.NnUNetStageModel`).
+and the nnU-Net stage model (:class:`~dentate_research.runtime.nnunet_model.NnUNetStageModel`).
 """
 
 from __future__ import annotations
