@@ -70,7 +70,8 @@ def test_every_reproduce_preset_instantiates_study_settings(preset):
     assert isinstance(OmegaConf.to_object(cfg), schema.ReproduceConfig)
     settings = StudySettings.from_config(cfg)
     assert settings.name == preset and settings.out_dir == Path("experiments") / preset
-    assert settings.failure_preset == cfg.failure_modes.preset and settings.loso_overrides == list(cfg.loso_overrides)
+    assert settings.failure_modes.preset == cfg.failure_modes.preset
+    assert settings.loso_overrides == list(cfg.loso_overrides) and isinstance(settings, schema.ReproduceConfig)
     for arch in {settings.pipeline_arch, settings.localizer_arch, *settings.architectures}:  # every run composes
         compose("train", [f"+arch={arch}", *settings.train_overrides, *settings.arch_overrides.get(arch, [])])
 

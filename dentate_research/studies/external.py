@@ -48,7 +48,7 @@ def external_study(runner: StudyRunner) -> Path:
     table = dice_by_side(df, ["method"])
     comp = paired_comparison(df, "dice", methods=[deep, BASELINE])
     plot_dice_by_site(df, runner.fig_dir, "T5_external", "method")
-    notes = (f"External sites: {', '.join(s.external_sites)} (never used for training, planning, "
+    notes = (f"External sites: {', '.join(s.splits.external_sites)} (never used for training, planning, "
              f"normalization or the baseline template). Paper: left {PAPER['external_dice_left']}, right "
              f"{PAPER['external_dice_right']}. Paired tests per side:\n\n" + comparison_lines(comp))
     write_csv_atomic(comp, s.out_dir / "T5_external_paired_tests.csv")

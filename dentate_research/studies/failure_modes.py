@@ -32,6 +32,7 @@ are somewhat too narrow for case-level factors; the per-scan counts are reported
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,8 +46,6 @@ from .summaries import comparison_lines, dice_by_side
 from .tables import dataframe_to_markdown, write_table
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .runner import StudyRunner
 
 FAIL_DICE = 0.5
@@ -247,16 +246,16 @@ def failure_data(runner: StudyRunner) -> Path:
     """The manifest of the hard-case phantoms (generated once, then reused)."""
     from ..data.phantom import generate_dataset
 
-    s = runner.s
-    folder = s.failure_data_dir or (
-        s.work_dir / f"failure_data_{s.failure_preset}_seed{s.failure_seed}_n{s.failure_n_subjects_per_site}")
+    s, fm = runner.s, runner.s.failure_modes
+    folder = Path(fm.data_dir) if fm.data_dir else (
+        s.work_dir / f"failure_data_{fm.preset}_seed{fm.seed}_n{fm.n_subjects_per_site}")
     manifest = folder / "manifest.tsv"
     if not manifest.exists():
-        if s.failure_seed == s.data_seed and s.manifest is None and s.failure_preset == s.data_preset:
+        if fm.seed == s.data.seed and s.manifest is None and fm.preset == s.data.preset:
             raise ValueError("failure_modes.seed equals the training data's seed with the same preset: the T7 "
                              "scans would be the training subjects; choose another seed")
-        manifest = generate_dataset(folder, preset=s.failure_preset, seed=s.failure_seed, n_jobs=s.n_jobs,
-                                    n_subjects_per_site=s.failure_n_subjects_per_site, overwrite=folder.exists())
+        manifest = generate_dataset(folder, preset=fm.preset, seed=fm.seed, n_jobs=s.data.n_jobs,
+                                    n_subjects_per_site=fm.n_subjects_per_site, overwrite=folder.exists())
     return manifest
 
 
@@ -275,7 +274,7 @@ def failure_modes_study(runner: StudyRunner) -> Path:
     deep_name = f"{DEEP} {arch}"
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="T7 failure modes: two-step vs baseline on hard cases"):
-        reference = s.failure_reference if s.failure_reference in case.labels else s.rater
+        reference = s.failure_modes.reference if s.failure_modes.reference in case.labels else s.rater
         volume, image_ppm, ref = runner.load_case(case, reference)
         labels, seconds, flag = _guarded(runner.segment_two_step, predictor, volume)
         case_rows = runner.evaluate_labels(case, image_ppm, ref, labels, deep_name, "0", {"inference_s": seconds},
@@ -310,10 +309,11 @@ def failure_modes_study(runner: StudyRunner) -> Path:
     overall_md = dataframe_to_markdown(overall)
     keep = ["factor", "bin", "n_scans", "deep_n_sides", "deep_dice", "deep_fail", "baseline_dice", "baseline_fail",
             "diff_deep_minus_baseline", "p_wilcoxon"]
-    notes = (f"Data: {len(cases)} scans of the phantom preset `{s.failure_preset}` (seed {s.failure_seed}, "
-             f"{s.failure_n_subjects_per_site} per site; `{manifest}`), new subjects (the model trained on seed "
-             f"{s.data_seed}). Models: the fold-0 two-step model ({s.localizer_arch} localizer + {arch} segmenter) "
-             f"and the classical baseline with the fold-0 template. Reference: `{s.failure_reference}` (falls back "
+    notes = (f"Data: {len(cases)} scans of the phantom preset `{s.failure_modes.preset}` (seed {s.failure_modes.seed}, "
+             f"{s.failure_modes.n_subjects_per_site} per site; `{manifest}`), new subjects (the model trained on "
+             f"seed {s.data.seed}). Models: the fold-0 two-step model ({s.localizer_arch} localizer + {arch} "
+             f"segmenter) and the classical baseline with the fold-0 template. Reference: "
+             f"`{s.failure_modes.reference}` (falls back "
              f"to `{s.rater}` where absent); sides with an empty reference left out: {n_left_out} scans' worth. "
              f"A side fails when Dice < {FAIL_DICE}; the method failing (no output) counts as Dice 0. Dice: mean "
              "[Student-t 95 % CI]; failure: k/n = rate [Wilson 95 % CI]; diff: paired deep minus baseline Dice "

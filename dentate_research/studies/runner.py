@@ -35,6 +35,8 @@ every run finished. Without a launcher (the default) runs are trained in this pr
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shlex
 import sys
@@ -80,18 +82,18 @@ class StudyRunner:
             manifest = s.manifest
             data_desc = f"manifest {manifest}"
         else:
-            manifest = s.work_dir / f"data_{s.data_preset}_seed{s.data_seed}" / "manifest.tsv"
+            manifest = s.work_dir / f"data_{s.data.preset}_seed{s.data.seed}" / "manifest.tsv"
             if not manifest.exists():
                 from ..data.phantom import generate_dataset
 
-                manifest = generate_dataset(manifest.parent, preset=str(s.data_preset), seed=s.data_seed,
-                                            n_jobs=s.n_jobs)
-            data_desc = f"synthetic QSM phantoms, preset '{s.data_preset}', seed {s.data_seed}"
+                manifest = generate_dataset(manifest.parent, preset=str(s.data.preset), seed=s.data.seed,
+                                            n_jobs=s.data.n_jobs)
+            data_desc = f"synthetic QSM phantoms, preset '{s.data.preset}', seed {s.data.seed}"
         self.manifest = Path(manifest).resolve()
         self.cases = read_manifest(self.manifest)
         self.by_id = {c.case_id: c for c in self.cases}
-        self.splits = make_splits(self.cases, n_folds=s.n_folds, test_fraction=s.test_fraction,
-                                  external_sites=s.external_sites, seed=s.split_seed)
+        self.splits = make_splits(self.cases, n_folds=s.splits.n_folds, test_fraction=s.splits.test_fraction,
+                                  external_sites=s.splits.external_sites, seed=s.splits.seed)
         self.splits["manifest"] = str(self.manifest)
         self.split_file = write_splits(self.splits, s.out_dir / "splits", overwrite=True)
         from ..training.artifacts import git_sha
@@ -106,7 +108,8 @@ class StudyRunner:
         get = self.by_id.__getitem__
         if not split.test:
             raise ValueError(f"split '{split.name}' has no test cases (splits.test_fraction = "
-                             f"{self.s.test_fraction} of {len(self.cases)} scans); raise test_fraction or add data")
+                             f"{self.s.splits.test_fraction} of {len(self.cases)} scans); raise test_fraction or add "
+                             "data")
         return [get(i) for i in split.train], [get(i) for i in split.val], [get(i) for i in split.test]
 
     def run_dir(self, stage: str, arch: str, fold: str) -> Path:
@@ -318,8 +321,8 @@ class StudyRunner:
             self.timeline.append({"study": study, "seconds": round(time.perf_counter() - t0, 1)})
             log.info("%s: %s (%s s)", study, written[study], self.timeline[-1]["seconds"])
         prov = self.stamp()
-        write_json({**prov, "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                         for k, v in self.s.__dict__.items()},
+        settings = json.loads(json.dumps(dataclasses.asdict(self.s), default=str))  # paths as strings
+        write_json({**prov, "settings": settings,
                     "runs": self.runs, "timeline_s": self.timeline,
                     "total_s": round(time.perf_counter() - t_start, 1)}, self.s.out_dir / "provenance.json")
         self._write_index(written)
