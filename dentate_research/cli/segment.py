@@ -178,6 +178,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum: int, _frame: Any) -> None:
+    _set_handlers(signal.SIG_IGN)  # a second Ctrl-C / SIGTERM must not break the clean-up the first one starts
     raise Interrupted(signum)
 
 
@@ -281,7 +282,6 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
                                overlay=not args.no_overlay, states=states, bids_out=bids_out,
                                participants=getattr(args, "participants", None), on_case=_print_outcome)
     except KeyboardInterrupt as exc:
-        _set_handlers(signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up message
         signum = getattr(exc, "signum", signal.SIGINT)
         outcomes = getattr(exc, "outcomes", [])
         done = sum(o.status != "skipped" for o in outcomes)

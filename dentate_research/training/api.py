@@ -55,8 +55,8 @@ log = logging.getLogger(__name__)
 
 def missing_arch_message() -> str:
     choices = available_architectures()
-    return ("no architecture selected: add +arch=NAME, e.g. 'python -m dentate_research train +arch=nnunet'; "
-            f"choices: {', '.join(choices)}")
+    return ("no architecture selected: set arch.name (on the command line arch=NAME, e.g. 'python -m "
+            f"dentate_research train arch=nnunet'); choices: {', '.join(choices)}")
 
 
 def _as_config(cfg: Mapping[str, Any] | DictConfig) -> DictConfig:
