@@ -59,6 +59,55 @@ def training_data(seg_card: dict, config: dict) -> str:
             f"`{seg_card['label_rater']}`)")
 
 
+def segmenter_log(model: Path) -> dict:
+    """The segmentation entry of ``training_log.json`` (written by ``benchmarks/train_default_model.py``), or {}."""
+    log = model / "training_log.json"
+    return json.loads(log.read_text()).get("segmentation", {}) if log.is_file() else {}
+
+
+def shipped_commit(model: Path) -> str | None:
+    """The commit that last changed a shipped model's weights (a model folder inside this repository), or None."""
+    import subprocess
+
+    weights = model.resolve() / "segmentation" / "checkpoints"
+    try:
+        weights.relative_to(ROOT)
+    except ValueError:
+        return None
+    out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", str(weights)],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+def refinement_history(model: Path) -> list[str]:
+    """One card line per earlier segmenter phase (``--refine-from`` chains), oldest first: how each phase ended
+    and its validation curve, and how the next continued it (learning-rate decay, extra data, precision)."""
+    lines: list[str] = []
+    current = model
+    for _ in range(10):  # a chain of refinements; 10 guards a cycle
+        log = segmenter_log(current)
+        if not log.get("refined_from"):
+            break
+        previous = Path(log["refined_from"])
+        extra = log.get("extra_train") or {}
+        how = (f"continued from the best weights of `{previous.name}` with a fresh poly learning-rate decay from "
+               f"{log['lr']:g} to 0 over {log['epochs']} x 50 iterations"
+               + (f", early stopping after {log['patience']} validations without a gain > 0.005"
+                  if log.get("patience") and log["patience"] < log["epochs"] else "")
+               + (f", training data plus {', '.join(f'`{k}` ({v})' for k, v in extra.items())}" if extra else "")
+               + (", bf16 autocast + channels_last_3d" if log.get("amp") and log.get("channels_last") else ""))
+        lines.insert(0, f"- segmenter, phase `{current.name}`: {how}")
+        commit = shipped_commit(previous)
+        seg = previous / "segmentation"
+        curve = learning_curve(seg, "val_dice_mean")
+        origin = (f" (the default model shipped at commit {commit}; its own earlier phases in `git show "
+                  f"{commit}:dentate_research/assets/default_model/MODEL_CARD.md`)" if commit else "")
+        lines.insert(0, f"- segmenter, phase `{previous.name}`{origin}: {stop_text(seg)}; validation mean Dice: "
+                        f"{curve}")
+        current = previous
+    return lines
+
+
 def card_text(model: Path, bench: Path, candidate: str, command: str) -> str:
     from bench_default_model import tables_markdown
     from omegaconf import OmegaConf
@@ -69,18 +118,9 @@ def card_text(model: Path, bench: Path, candidate: str, command: str) -> str:
     config = OmegaConf.to_container(OmegaConf.load(seg / "config.yaml"), resolve=False)
     aug = config["augmentation"]
     dr = {k: aug[k] for k in sorted(aug) if k.endswith("_prob") and aug[k]}
-    log = model / "training_log.json"  # written by benchmarks/train_default_model.py
-    seg_log = json.loads(log.read_text())["segmentation"] if log.is_file() else {}
+    seg_log = segmenter_log(model)
     aug_name = seg_log.get("augmentation", "see config")
-    refined = []
-    if seg_log.get("refined_from"):  # train_default_model.py --refine-from: a second phase from the best weights
-        first = Path(seg_log["refined_from"]) / "segmentation"
-        refined = [f"- segmenter, first phase (`{first.parent.name}`): {stop_text(first)}; validation mean Dice: "
-                   f"{learning_curve(first, 'val_dice_mean')}",
-                   f"- segmenter, refinement: continued from the first phase's best weights with a fresh poly "
-                   f"learning-rate decay from {seg_log['lr']:g} to 0 over {seg_log['epochs']} x 50 iterations, same "
-                   "data, split and augmentation (the first phase stopped on its plateau with the learning rate "
-                   "still at ~45 % of its start)"]
+    refined = refinement_history(model)
     bench_line = (bench / "summary.md").read_text().splitlines()[0]  # "Made by `<command>` (load average ...)."
     summary = pd.read_csv(bench / "summary.csv")
     confusion = pd.read_csv(bench / "qc_confusion.csv")
@@ -97,7 +137,7 @@ def card_text(model: Path, bench: Path, candidate: str, command: str) -> str:
              f"mm); {stop_text(seg)}",
              f"- augmentation: `{aug_name}` (probabilities {dr}; ranges in `segmentation/config.yaml`)",
              *refined,
-             f"- segmenter validation mean Dice vs iterations and wall time{' (refinement)' if refined else ''}: "
+             f"- segmenter validation mean Dice vs iterations and wall time{' (last phase)' if refined else ''}: "
              f"{learning_curve(seg, 'val_dice_mean')}",
              f"- localizer validation cerebellum Dice: {learning_curve(loc, 'val_dice_cerebellum')}",
              "", "## Benchmark", "",

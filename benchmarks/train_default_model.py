@@ -14,6 +14,12 @@ The recipe of the shipped model (issue "a default model that holds on QSM our ge
   0.005, under a wall-clock cap. With this much randomization the validation Dice moves by +/-0.03 between
   validations, and patience 4 stopped a first run at 700 iterations (0.80, still rising); the default is 8.
 
+``--extra-train NAME=MANIFEST`` adds every scan of another manifest to the training scans (never to validation),
+e.g. the phantom presets generated with another seed for the development sites only (``make-data --seed 2 --sites
+siteA ... siteG``): new subjects, prefixed ``NAME_``; a held-out site in it is an error. Both stages train with the
+schema's bf16 autocast and channels_last memory format (``--float32`` for the settings before the throughput
+benchmark).
+
 ``--refine-from MODEL`` continues a trained model's segmenter from its best weights with a fresh poly learning-rate
 decay to zero (``--refine-lr``, ``--refine-epochs`` x 50 iterations) on the same data and split, the localizer
 copied unchanged: the first run stops on its plateau with the learning rate still at ~45 % of its start.
@@ -41,8 +47,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def union_manifest(presets: dict[str, Path], subjects: set[str], out: Path) -> Path:
-    """One manifest of every preset's scans of ``subjects``; case IDs get the preset as prefix, subjects stay."""
+HELD_OUT_SITES = ("siteH", "siteI")  # the external sites of the CPU study and of the default-model benchmark
+
+
+def union_manifest(presets: dict[str, Path], subjects: set[str], out: Path,
+                   extra: dict[str, Path] | None = None) -> Path:
+    """One manifest of every preset's scans of ``subjects``; case IDs get the preset as prefix, subjects stay.
+
+    ``extra`` (``NAME -> manifest``): more training scans, every scan of those manifests; case IDs AND subjects get
+    ``NAME_`` as prefix (new subjects of another phantom seed, never confused with the split's subjects). A scan of
+    a held-out site (:data:`HELD_OUT_SITES`) in an extra manifest is an error.
+    """
     from dentate_research.data.manifest import read_manifest, write_manifest
 
     cases = []
@@ -51,6 +66,13 @@ def union_manifest(presets: dict[str, Path], subjects: set[str], out: Path) -> P
             if case.subject in subjects:
                 cases.append(replace(case, case_id=f"{preset}_{case.case_id}",
                                      meta={**case.meta, "preset": preset}))
+    for name, manifest in (extra or {}).items():
+        for case in read_manifest(manifest):
+            if case.site in HELD_OUT_SITES:
+                raise SystemExit(f"{manifest}: case {case.case_id} is from the held-out site {case.site}; extra "
+                                 f"training data must not hold {', '.join(HELD_OUT_SITES)}")
+            cases.append(replace(case, case_id=f"{name}_{case.case_id}", subject=f"{name}_{case.subject}",
+                                 meta={**case.meta, "preset": name}))
     return write_manifest(cases, out)
 
 
@@ -72,6 +94,12 @@ def main() -> int:
     parser.add_argument("--refine-from", type=Path, default=None,
                         help="a two-step model folder: copy its localizer and continue its segmenter from its best "
                              "weights with a fresh poly decay (--refine-lr, --refine-epochs x 50 iterations)")
+    parser.add_argument("--extra-train", action="append", default=[], metavar="NAME=MANIFEST",
+                        help="more TRAINING scans (e.g. other phantom seeds of the development sites): every scan "
+                             "of MANIFEST goes to training, case IDs and subjects prefixed NAME_")
+    parser.add_argument("--float32", action="store_true", help="train in float32 with the default memory format "
+                        "(trainer.amp=false, trainer.channels_last=false) instead of the schema's bf16 + channels_last")
+    parser.add_argument("--batch-size", type=int, default=None, help="trainer.batch_size (default: the schema's)")
     parser.add_argument("--refine-lr", type=float, default=4e-4)
     parser.add_argument("--refine-epochs", type=int, default=20)
     args = parser.parse_args()
@@ -91,10 +119,17 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     fold = load_split(args.splits, args.fold)
     manifest = args.out / "union_manifest.tsv"
+    extra = dict(item.split("=", 1) for item in args.extra_train)
     if not manifest.exists():
-        union_manifest({"cpu": args.cpu, "hard": args.hard}, set(fold.train) | set(fold.val), manifest)
+        union_manifest({"cpu": args.cpu, "hard": args.hard}, set(fold.train) | set(fold.val), manifest,
+                       {name: Path(path) for name, path in extra.items()})
     cases = read_manifest(manifest)
-    train = [c.case_id for c in cases if c.subject in set(fold.train)]
+    presets = {c.meta.get("preset") for c in cases}
+    if presets != {"cpu", "hard", *extra}:  # an --out of an earlier call with other --extra-train
+        raise SystemExit(f"{manifest} holds the presets {sorted(map(str, presets))}, this call asks for "
+                         f"{sorted({'cpu', 'hard', *extra})}: use another --out")
+    extra_subjects = {c.subject for c in cases if any(c.subject.startswith(f"{n}_") for n in extra)}
+    train = [c.case_id for c in cases if c.subject in set(fold.train) | extra_subjects]
     val = [c.case_id for c in cases if c.subject in set(fold.val)]
     (args.out / "split.json").write_text(json.dumps({"train": train, "val": val, "fold": args.fold,
                                                      "splits": str(args.splits)}, indent=1))
@@ -116,6 +151,8 @@ def main() -> int:
                            localizer_run=args.out / "localization" if is_seg else None,
                            label_rater=args.label_rater,
                            trainer={"val_every": 2, "min_delta": 0.005,
+                                    **({"amp": False, "channels_last": False} if args.float32 else {}),
+                                    **({"batch_size": args.batch_size} if args.batch_size else {}),
                                     "patience": args.segmenter_patience if is_seg else args.localizer_patience,
                                     "max_minutes": args.segmenter_minutes if is_seg else args.localizer_minutes})
         if refine:  # the segmenter's weights, settings and card come from the model being refined
@@ -126,7 +163,9 @@ def main() -> int:
         log[stage] = {"wall_s": round(time.time() - t0, 1), "load_before": load_before,
                       "load_after": os.getloadavg(), "max_minutes": cfg["trainer"]["max_minutes"],
                       "patience": cfg["trainer"]["patience"],
-                      "augmentation": args.augmentation,
+                      "augmentation": args.augmentation, "amp": cfg["trainer"]["amp"],
+                      "channels_last": cfg["trainer"]["channels_last"],
+                      "batch_size": cfg["trainer"].get("batch_size"), "extra_train": extra,
                       **({"refined_from": str(args.refine_from), "lr": args.refine_lr,
                           "epochs": args.refine_epochs} if refine else {})}
         log_path.write_text(json.dumps(log, indent=1))

@@ -192,3 +192,75 @@ def test_failure_modes_study_on_smoke(tmp_path):
     with pytest.raises(RuntimeError, match="allow_training is false"):
         run_hydra([f"out_root={out}", f"work_root={tmp_path / 'other'}", "studies=[failure_modes]",
                    "failure_modes.n_subjects_per_site=1", "allow_training=false"])
+
+
+def test_paper_dry_run_composes_every_run_and_writes_nothing(tmp_path, capsys):
+    """`reproduce experiment=paper dry_run=true`: the GPU preset's 21 runs (6 architectures on fold 0, nnU-Net's
+    1000 x 250 budget with mixed precision on CUDA, a localizer and an nnU-Net per left-out development site),
+    each composed and validated, printed as a table; no data generated, no folder made."""
+    from dentate_research.cli.reproduce import run_hydra
+
+    rc = run_hydra(["experiment=paper", "dry_run=true", f"out_root={tmp_path / 'out'}",
+                    f"work_root={tmp_path / 'work'}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "dry run of study 'paper': 21 training run(s)" in out and "5 folds" in out
+    rows = [line for line in out.splitlines() if line.startswith("| segmentation/") or line.startswith("| local")]
+    assert len(rows) == 21
+    for arch in ("unet", "attention_unet", "segresnet", "unetr", "swin_unetr", "nnunet"):
+        (row,) = [r for r in rows if r.startswith(f"| segmentation/{arch}/0 ")]
+        assert "| cuda | 1000 x 250 = 250000 |" in row and "| 128x96x96 | True | merged |" in row, row
+    assert sum(r.startswith("| segmentation/nnunet/loso:site") for r in rows) == 7  # siteA-G, never siteH/siteI
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_paper_dry_run_names_the_run_with_a_bad_setting(tmp_path, capsys):
+    from dentate_research.cli.reproduce import run_hydra
+
+    rc = run_hydra(["experiment=paper", "dry_run=true", f"out_root={tmp_path}", f"work_root={tmp_path}",
+                    "+arch_overrides.unetr=['trainer.batch_size=0']"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: run segmentation/unetr/0: trainer.batch_size=0 is not allowed"), err
+
+
+@pytest.mark.slow
+def test_paper_preset_launches_on_cpu_for_a_few_iterations(tmp_path):
+    """The GPU preset itself trains and writes T3 on a CPU: its trainer (trainer=paper: mixed precision, here bf16 on
+    CPU), label scheme, randomization and localizer crops, for the MONAI U-Net and nnU-Net (the two-step model's
+    segmenter), with only the device, the data (tiny phantoms), the budget (one iteration per run), the network sizes
+    (the CPU preset's) and the segmentation grid (the tiny phantoms' 2 mm instead of 1 mm, a smaller patch) changed.
+    The other four architectures' runs are composed and checked by the dry run above; their networks train in
+    tests/test_training.py."""
+    from omegaconf import OmegaConf
+
+    from dentate_research.cli.reproduce import compose_train_config, settings_from_config
+    from dentate_research.schema import CONFIG_DIR, compose
+    from dentate_research.studies import run_studies
+
+    settings = settings_from_config(compose("reproduce/reproduce", [
+        "experiment=paper", "device=cpu", "data.preset=tiny", "data.n_jobs=1", "studies=[architectures]",
+        "architectures=[unet,nnunet]", "splits.n_folds=2", "splits.test_fraction=0.5", "splits.external_sites=[siteI]",
+        f"out_root={tmp_path / 'out'}", f"work_root={tmp_path / 'work'}"]), command="test")
+    paper = OmegaConf.load(CONFIG_DIR / "reproduce" / "experiment" / "paper.yaml")
+    assert settings.train_overrides == list(paper.train_overrides) and "trainer=paper" in settings.train_overrides
+    assert settings.crops_from_localizer and settings.device == "cpu"
+    cpu = OmegaConf.load(CONFIG_DIR / "reproduce" / "experiment" / "cpu.yaml")
+    settings.train_overrides += ["logger=none", "trainer.epochs=1", "trainer.iterations_per_epoch=1",
+                                 "trainer.val_iterations=1", "data.grid.segmentation.spacing_mm=2.0",
+                                 "data.grid.segmentation.patch_size=[48,48,32]"]
+    # the localizer gets enough iterations to find the cerebellum roughly: its crops bound the segmenters' cost
+    settings.localizer_overrides += ["trainer.epochs=1", "trainer.iterations_per_epoch=40",
+                                     "arch.kwargs.channels=[8,16,32]", "arch.kwargs.strides=[2,2]"]
+    settings.arch_overrides = {arch: [o for o in OmegaConf.to_container(items) if not o.startswith("trainer.")]
+                               for arch, items in cpu.arch_overrides.items()}
+    written = run_studies(settings, compose_train_config)
+    t3 = pd.read_csv(tmp_path / "out" / "paper" / "per_case" / "T3_architectures.csv")
+    assert set(t3["method"]) == {"unet", "nnunet"}
+    prov = json.loads((tmp_path / "out" / "paper" / "provenance.json").read_text())
+    for arch in ("unet", "nnunet"):
+        run_dir = Path(prov["runs"][f"segmentation/{arch}/0"]["run_dir"])
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        assert cfg.trainer.amp is True and cfg.trainer.device == "cpu" and cfg.stage.label_scheme == "merged"
+        assert cfg.stage.crop.source == "localizer" and cfg.trainer.iterations_per_epoch == 1
+    assert written["architectures"].exists()

@@ -238,6 +238,36 @@ def test_training_is_deterministic_for_a_seed(tmp_path, toy_manifest):
     assert losses[0] == losses[1]
 
 
+def test_mixed_precision_and_channels_last_train_weights_that_load_anywhere(tmp_path, toy_manifest, monkeypatch,
+                                                                           caplog):
+    """The defaults (trainer.amp, trainer.channels_last) train a network whose checkpoint a plain float32,
+    contiguous network loads and predicts with; on a CPU without native bf16 the loop says so and trains in float32
+    (identical losses to trainer.amp=false)."""
+    import logging
+
+    from dentate_research.training import monai_loop
+    from dentate_research.training.api import train_stage
+
+    cfg = toy_config(toy_manifest, tmp_path / "fast", "unet")
+    assert cfg.trainer.amp is True and cfg.trainer.channels_last is True  # the schema's defaults
+    run_dir = train_stage(cfg)
+    model = load_stage_model(run_dir)
+    assert all(p.is_contiguous() for p in model.network.parameters())  # inference: float32, default layout
+    assert all(p.dtype == torch.float32 for p in model.network.parameters())
+    _check_prediction(run_dir, toy_manifest, "segmentation")
+
+    def losses(run: Path) -> list[float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["train_loss"] for r in rows if r.get("phase") != "final"]
+
+    monkeypatch.setattr(monai_loop, "cpu_bf16_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="dentate_research.training.monai_loop"):
+        no_bf16 = train_stage(toy_config(toy_manifest, tmp_path / "no_bf16", "unet"))
+    assert "no native bfloat16" in caplog.text
+    fp32 = train_stage(toy_config(toy_manifest, tmp_path / "fp32", "unet", extra=["trainer.amp=false"]))
+    assert losses(no_bf16) == losses(fp32)
+
+
 def test_nnunet_lr_mirror_swaps_labels():
     from dentate_research.training.nnunet_runner import _lr_swap_mirror_transform, lr_axis_in_nnunet
 

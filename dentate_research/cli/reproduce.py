@@ -7,6 +7,7 @@
     python -m dentate_research reproduce experiment=paper device=cuda hydra/launcher=slurm hydra.launcher.partition=gpu
     python -m dentate_research reproduce hydra/launcher=submitit_local      # the runs as parallel local jobs
     python -m dentate_research reproduce experiment=cpu studies=[failure_modes]   # T7 on hard-case phantoms
+    python -m dentate_research reproduce experiment=paper dry_run=true   # every run composed and checked, none run
 
 Hydra overrides select the preset (``configs/reproduce/experiment/*.yaml``) and change any leaf. Training runs
 are composed from ``configs/train.yaml`` with the preset's ``train_overrides``.
@@ -54,6 +55,29 @@ def make_launcher(launcher_args: list[str], work_dir: Path, name: str):
     return JobLauncher(launcher_cfg, folder, name=f"dentate_reproduce_{name}")
 
 
+def print_plan(settings) -> int:
+    """``dry_run=true``: every training run the studies need, composed and validated, as a table; nothing is read
+    or written. Exit 0, or 2 with one line naming the run and the setting."""
+    from dentate_research.schema import SettingsError
+    from dentate_research.studies.runner import StudyRunner
+
+    try:
+        rows = StudyRunner(settings, compose_train_config).dry_run_plan()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data = settings.data.manifest or f"phantom preset '{settings.data.preset}' (seed {settings.data.seed})"
+    print(f"dry run of study '{settings.name}': {len(rows)} training run(s) for studies "
+          f"{', '.join(settings.studies)} on {data}, {settings.splits.n_folds} folds; tables would go to "
+          f"{settings.out_dir}, runs to {settings.work_dir / 'runs'}; nothing was read or written")
+    print("| run | device | epochs x iterations | batch | patch | amp | labels | cap (min) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['run']} | {r['device']} | {r['epochs']} x {r['iterations_per_epoch']} = {r['iterations']} | "
+              f"{r['batch_size']} | {r['patch_size']} | {r['amp']} | {r['label_scheme']} | {r['max_minutes']} |")
+    return 0
+
+
 def run_hydra(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         from dentate_research.studies import registered_studies
@@ -80,6 +104,8 @@ def run_hydra(argv: list[str]) -> int:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:  # one line: key, value, what is allowed
         print(f"error: {config_error_line(exc, ReproduceConfig)}", file=sys.stderr)
         return 2
+    if settings.dry_run:
+        return print_plan(settings)
     print(OmegaConf.to_yaml(cfg))
     from dentate_research.studies import run_studies
     from dentate_research.training.launch import JobsFailedError

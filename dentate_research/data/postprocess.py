@@ -209,8 +209,9 @@ def assign_sides_by_components(labels: np.ndarray, affine: np.ndarray, midline_x
             out[lone] = LEFT_DN if primary["x"] < midline_x_mm else RIGHT_DN
             evidence = "midline"
         cut_x = midline_x_mm
-    for component in table:
-        if not (out[components == component["id"]] > 0).any():
+    kept_ids = {primary["id"]} | ({partner["id"]} if partner is not None else set())  # every branch keeps these
+    for component in table:  # no per-component pass over the array: a noisy map has thousands of components
+        if component["id"] not in kept_ids:
             removed[SIDE_NAMES[LEFT_DN if component["x"] < cut_x else RIGHT_DN]] += int(component["voxels"])
     kept = out > 0
     agreement = None if merged or not kept.any() else float(np.mean(labels[kept] == out[kept]))

@@ -187,6 +187,47 @@ class StudyRunner:
                 add(stage, arch, fold)
         return runs
 
+    def dry_run_plan(self) -> list[dict[str, Any]]:
+        """Compose and validate (:func:`~dentate_research.schema.check_train_settings`) the train config of every
+        planned run without reading images, generating phantoms or writing anything: the sites come from the
+        manifest (read as a table) or from the phantom preset's site list. Returns one row per run (key, device,
+        budget, patch, mixed precision, label scheme) in training order; a bad setting raises
+        :class:`~dentate_research.schema.SettingsError` naming the run."""
+        from ..schema import SettingsError, check_train_settings
+
+        s = self.s
+        if s.manifest is not None:
+            self.manifest = s.manifest.resolve()
+            sites = sorted({c.site for c in read_manifest(self.manifest)})
+        else:
+            from ..data.phantom import PRESETS, SITE_PROFILES
+
+            if s.data.preset not in PRESETS:
+                raise SettingsError(f"data.preset={s.data.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
+            self.manifest = (s.work_dir / f"data_{s.data.preset}_seed{s.data.seed}" / "manifest.tsv").resolve()
+            sites = list(SITE_PROFILES)  # every preset generates every site
+        self.splits = {"development_sites": [x for x in sites if x not in s.splits.external_sites]}
+        self.split_file = (s.out_dir / "splits" / "splits.json").resolve()
+        rows = []
+        for stage, arch, fold in self.planned_runs():
+            loc_dir = (self.run_dir("localization", s.localizer_arch, fold)
+                       if stage == "segmentation" and s.crops_from_localizer else None)
+            key = f"{stage}/{arch}/{fold}"
+            try:
+                cfg = self.compose(self.train_overrides(stage, arch, fold, loc_dir))
+                check_train_settings(cfg)
+            except Exception as exc:  # noqa: BLE001 - one line naming the run, whatever composition raised
+                raise SettingsError(f"run {key}: {exc}") from exc
+            t = cfg.trainer
+            labels = "cerebellum" if stage == "localization" else str(cfg.stage.label_scheme)
+            rows.append({"run": key, "device": str(t.device), "epochs": int(t.epochs),
+                         "iterations_per_epoch": int(t.iterations_per_epoch),
+                         "iterations": int(t.epochs) * int(t.iterations_per_epoch), "batch_size": int(t.batch_size),
+                         "patch_size": "x".join(str(int(v)) for v in cfg.stage.patch_size), "amp": bool(t.amp),
+                         "max_minutes": t.max_minutes, "label_scheme": labels,
+                         "run_dir": str(self.run_dir(stage, arch, fold))})
+        return rows
+
     def launch_runs(self, launcher: Any) -> list[str]:
         """Train every planned run that is not finished as its own job through ``launcher`` (a
         :class:`~dentate_research.training.launch.JobLauncher`), wait and gather; returns the keys of the jobs run.

@@ -79,6 +79,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, s: TrainerSettings) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN runs bfloat16 natively on this CPU (where ``trainer.amp`` on CPU measures faster:
+    ``benchmarks/bench_train_speed.py``)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 def _save(path: Path, **state: Any) -> None:
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
@@ -109,10 +118,16 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
     scheme = network_label_scheme(stage, classes)
     lateralized, merge_labels = scheme.lateralized, scheme == MERGED
     network = build_network(arch, 1, len(classes), patch_size, arch_kwargs).to(device)
+    memory_format = torch.channels_last_3d if loop.channels_last else torch.contiguous_format
+    network = network.to(memory_format=memory_format)  # weights laid out once; checkpoints load into any layout
     optimizer = make_optimizer(network.parameters(), arch, loop)
     scheduler = make_scheduler(optimizer, loop)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     use_amp = bool(loop.amp)
+    if use_amp and device.type == "cpu" and not cpu_bf16_supported():
+        log.warning("trainer.amp=true: this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 autocast is "
+                    "slower than float32; training in float32")
+        use_amp = False
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
     accumulate = int(loop.accumulate_grad_batches)
@@ -168,7 +183,7 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
             step_loss = 0.0
             for m, sampler in enumerate(samplers):
                 x, y = sampler.next_batch()
-                x, y = x.to(device), y.to(device)
+                x, y = x.to(device).contiguous(memory_format=memory_format), y.to(device)
                 # DDP averages gradients over the ranks once per step: skip its all-reduce on earlier micro-batches
                 sync = m == accumulate - 1 or not dist.distributed
                 with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
