@@ -234,7 +234,8 @@ class TrainerSettings:
     warmup_iterations: int = 0
     grad_clip: float | None = 12.0
     # mixed precision (MONAI loop): float16 on CUDA, bfloat16 on a CPU with native bf16 (float32 on other CPUs);
-    # validation stays float32. With channels_last: 0.69x the wall time per iteration at equal validation Dice
+    # validation on CPU and inference stay float32. With channels_last: 0.69x the wall time per iteration at equal
+    # validation Dice
     # (benchmarks/bench_convergence.py, README "Training throughput")
     amp: bool = True
     channels_last: bool = True  # channels_last_3d memory format for the network and its batches (MONAI loop)

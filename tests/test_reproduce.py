@@ -223,6 +223,11 @@ def test_paper_dry_run_names_the_run_with_a_bad_setting(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: run segmentation/unetr/0: trainer.batch_size=0 is not allowed"), err
 
+    rc = run_hydra(["experiment=paper", "dry_run=true", f"out_root={tmp_path}", f"work_root={tmp_path}",
+                    f"data.manifest={tmp_path / 'missing.tsv'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "missing.tsv" in err, err
+
 
 @pytest.mark.slow
 def test_paper_preset_launches_on_cpu_for_a_few_iterations(tmp_path):

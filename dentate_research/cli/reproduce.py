@@ -58,12 +58,13 @@ def make_launcher(launcher_args: list[str], work_dir: Path, name: str):
 def print_plan(settings) -> int:
     """``dry_run=true``: every training run the studies need, composed and validated, as a table; nothing is read
     or written. Exit 0, or 2 with one line naming the run and the setting."""
+    from dentate_research.data.io import DataError
     from dentate_research.schema import SettingsError
     from dentate_research.studies.runner import StudyRunner
 
     try:
         rows = StudyRunner(settings, compose_train_config).dry_run_plan()
-    except SettingsError as exc:
+    except (SettingsError, DataError) as exc:  # a bad setting, or data.manifest unreadable
         print(f"error: {exc}", file=sys.stderr)
         return 2
     data = settings.data.manifest or f"phantom preset '{settings.data.preset}' (seed {settings.data.seed})"
