@@ -40,8 +40,9 @@ from dentate_research.training.datasets import PatchSampler
 from dentate_research.training.monai_loop import make_optimizer
 from dentate_research.training.preprocessing import StageSample
 from dentate_research.training.toy_data import make_toy_case
+from dentate_research.training.two_step import DEFAULT_SEGMENTER
 
-PATCH = (64, 64, 64)
+PATCH = tuple(DEFAULT_SEGMENTER["patch_size"])
 
 
 def toy_crops(n: int, seed: int = 0) -> list[StageSample]:
@@ -72,8 +73,7 @@ class Step:
 
     def __init__(self, channels_last: bool = False, bf16: bool = False, compiled: bool = False):
         torch.manual_seed(0)
-        kwargs = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}
-        self.net = build_network("unet", 1, 2, PATCH, kwargs)
+        self.net = build_network(DEFAULT_SEGMENTER["arch"], 1, 2, PATCH, DEFAULT_SEGMENTER["arch_kwargs"])
         self.channels_last, self.bf16 = channels_last, bf16
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)

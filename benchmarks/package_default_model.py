@@ -65,46 +65,40 @@ def segmenter_log(model: Path) -> dict:
     return json.loads(log.read_text()).get("segmentation", {}) if log.is_file() else {}
 
 
-def shipped_commit(model: Path) -> str | None:
-    """The commit that last changed a shipped model's weights (a model folder inside this repository), or None."""
-    import subprocess
-
-    weights = model.resolve() / "segmentation" / "checkpoints"
-    try:
-        weights.relative_to(ROOT)
-    except ValueError:
-        return None
-    out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", str(weights)],
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip() or None
-
-
 def refinement_history(model: Path) -> list[str]:
     """One card line per earlier segmenter phase (``--refine-from`` chains), oldest first: how each phase ended
     and its validation curve, and how the next continued it (learning-rate decay, extra data, precision)."""
+    from train_default_model import SNAPSHOT
+
     lines: list[str] = []
-    current = model
+    current, current_name = model, model.name
     for _ in range(10):  # a chain of refinements; 10 guards a cycle
         log = segmenter_log(current)
         if not log.get("refined_from"):
             break
-        previous = Path(log["refined_from"])
+        # the continued model as it was when this phase started (train_default_model.snapshot_source)
+        previous = current / SNAPSHOT
+        source = json.loads((previous / "source.json").read_text())
         extra = log.get("extra_train") or {}
-        how = (f"continued from the best weights of `{previous.name}` with a fresh poly learning-rate decay from "
+        from omegaconf import OmegaConf
+
+        val_every = int(OmegaConf.load(current / "segmentation" / "config.yaml").trainer.val_every)
+        validations = log["epochs"] // max(1, val_every)  # validations in the phase's budget
+        how = (f"continued from the best weights of `{source['name']}` with a fresh poly learning-rate decay from "
                f"{log['lr']:g} to 0 over {log['epochs']} x 50 iterations"
                + (f", early stopping after {log['patience']} validations without a gain > 0.005"
-                  if log.get("patience") and log["patience"] < log["epochs"] else "")
+                  if log.get("patience") and log["patience"] < validations else "")
                + (f", training data plus {', '.join(f'`{k}` ({v})' for k, v in extra.items())}" if extra else "")
                + (", bf16 autocast + channels_last_3d" if log.get("amp") and log.get("channels_last") else ""))
-        lines.insert(0, f"- segmenter, phase `{current.name}`: {how}")
-        commit = shipped_commit(previous)
+        lines.insert(0, f"- segmenter, phase `{current_name}`: {how}")
+        commit = source.get("commit")
         seg = previous / "segmentation"
         curve = learning_curve(seg, "val_dice_mean")
         origin = (f" (the default model shipped at commit {commit}; its own earlier phases in `git show "
                   f"{commit}:dentate_research/assets/default_model/MODEL_CARD.md`)" if commit else "")
-        lines.insert(0, f"- segmenter, phase `{previous.name}`{origin}: {stop_text(seg)}; validation mean Dice: "
+        lines.insert(0, f"- segmenter, phase `{source['name']}`{origin}: {stop_text(seg)}; validation mean Dice: "
                         f"{curve}")
-        current = previous
+        current, current_name = previous, source["name"]
     return lines
 
 

@@ -24,7 +24,9 @@ benchmark).
 decay to zero (``--refine-lr``, ``--refine-epochs`` x 50 iterations) on the same data and split, the localizer
 copied unchanged: the first run stops on its plateau with the learning rate still at ~45 % of its start.
 
-Writes ``OUT/union_manifest.tsv``, ``OUT/split.json`` (train / validation case IDs), ``OUT/localization/`` and
+Writes ``OUT/union_manifest.tsv``, ``OUT/split.json`` (train / validation case IDs), ``OUT/refined_from/`` (with
+``--refine-from``: the continued model's learning curve, card and history, copied when training starts),
+``OUT/localization/`` and
 ``OUT/segmentation/`` (run folders with ``metrics.csv``: the learning curves) and ``OUT/training_log.json`` (load
 average and wall time per stage).
 
@@ -47,16 +49,49 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-HELD_OUT_SITES = ("siteH", "siteI")  # the external sites of the CPU study and of the default-model benchmark
+SNAPSHOT = "refined_from"  # OUT/refined_from: the continued model's history, as it was when training started
+HISTORY_FILES = ("metrics.csv", "run_info.json", "model.json", "config.yaml")  # of a segmentation run
+
+
+def git_commit_of(path: Path) -> str | None:
+    """The commit that last changed ``path`` when it lies inside this repository (e.g. the shipped model), else
+    None."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return None
+    out = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h", "--", str(path.resolve())],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+def snapshot_source(model: Path, out: Path) -> None:
+    """Copy what the model card needs of a model being continued (its segmenter's learning curve and card, its
+    training log and its own snapshot, recursively) into ``out``, with its name and commit in ``source.json``: the
+    source may be a folder that is later replaced (the shipped model), and the card must still tell its history."""
+    if out.exists():
+        return
+    (out / "segmentation").mkdir(parents=True)
+    for name in HISTORY_FILES:
+        shutil.copy2(model / "segmentation" / name, out / "segmentation" / name)
+    if (model / "training_log.json").is_file():
+        shutil.copy2(model / "training_log.json", out / "training_log.json")
+    if (model / SNAPSHOT).is_dir():
+        shutil.copytree(model / SNAPSHOT, out / SNAPSHOT)
+    (out / "source.json").write_text(json.dumps({"name": model.resolve().name, "path": str(model),
+                                                 "commit": git_commit_of(model / "segmentation")}, indent=1))
 
 
 def union_manifest(presets: dict[str, Path], subjects: set[str], out: Path,
-                   extra: dict[str, Path] | None = None) -> Path:
+                   extra: dict[str, Path] | None = None, held_out_sites: list[str] | tuple[str, ...] = ()) -> Path:
     """One manifest of every preset's scans of ``subjects``; case IDs get the preset as prefix, subjects stay.
 
     ``extra`` (``NAME -> manifest``): more training scans, every scan of those manifests; case IDs AND subjects get
     ``NAME_`` as prefix (new subjects of another phantom seed, never confused with the split's subjects). A scan of
-    a held-out site (:data:`HELD_OUT_SITES`) in an extra manifest is an error.
+    a site of ``held_out_sites`` (the split file's external sites) in an extra manifest is an error.
     """
     from dentate_research.data.manifest import read_manifest, write_manifest
 
@@ -68,9 +103,9 @@ def union_manifest(presets: dict[str, Path], subjects: set[str], out: Path,
                                      meta={**case.meta, "preset": preset}))
     for name, manifest in (extra or {}).items():
         for case in read_manifest(manifest):
-            if case.site in HELD_OUT_SITES:
+            if case.site in held_out_sites:
                 raise SystemExit(f"{manifest}: case {case.case_id} is from the held-out site {case.site}; extra "
-                                 f"training data must not hold {', '.join(HELD_OUT_SITES)}")
+                                 f"training data must not hold {', '.join(held_out_sites)}")
             cases.append(replace(case, case_id=f"{name}_{case.case_id}", subject=f"{name}_{case.subject}",
                                  meta={**case.meta, "preset": name}))
     return write_manifest(cases, out)
@@ -122,7 +157,8 @@ def main() -> int:
     extra = dict(item.split("=", 1) for item in args.extra_train)
     if not manifest.exists():
         union_manifest({"cpu": args.cpu, "hard": args.hard}, set(fold.train) | set(fold.val), manifest,
-                       {name: Path(path) for name, path in extra.items()})
+                       {name: Path(path) for name, path in extra.items()},
+                       json.loads(args.splits.read_text())["external_sites"])
     cases = read_manifest(manifest)
     presets = {c.meta.get("preset") for c in cases}
     if presets != {"cpu", "hard", *extra}:  # an --out of an earlier call with other --extra-train
@@ -140,6 +176,7 @@ def main() -> int:
     if args.refine_from is not None:
         if not (args.out / "localization").exists():
             shutil.copytree(args.refine_from / "localization", args.out / "localization")
+        snapshot_source(args.refine_from, args.out / SNAPSHOT)
         args.stages = ["segmentation"]
     for stage in args.stages:
         is_seg = stage == "segmentation"

@@ -187,6 +187,13 @@ class StudyRunner:
                 add(stage, arch, fold)
         return runs
 
+    def crop_localizer_run(self, stage: str, fold: str) -> Path | None:
+        """The run folder of the localizer whose crops a planned segmentation run trains on
+        (``crops_from_localizer``), else None."""
+        if stage == "segmentation" and self.s.crops_from_localizer:
+            return self.run_dir("localization", self.s.localizer_arch, fold)
+        return None
+
     def dry_run_plan(self) -> list[dict[str, Any]]:
         """Compose and validate (:func:`~dentate_research.schema.check_train_settings`) the train config of every
         planned run without reading images, generating phantoms or writing anything: the sites come from the
@@ -210,11 +217,9 @@ class StudyRunner:
         self.split_file = (s.out_dir / "splits" / "splits.json").resolve()
         rows = []
         for stage, arch, fold in self.planned_runs():
-            loc_dir = (self.run_dir("localization", s.localizer_arch, fold)
-                       if stage == "segmentation" and s.crops_from_localizer else None)
             key = f"{stage}/{arch}/{fold}"
             try:
-                cfg = self.compose(self.train_overrides(stage, arch, fold, loc_dir))
+                cfg = self.compose(self.train_overrides(stage, arch, fold, self.crop_localizer_run(stage, fold)))
                 check_train_settings(cfg)
             except Exception as exc:  # noqa: BLE001 - one line naming the run, whatever composition raised
                 raise SettingsError(f"run {key}: {exc}") from exc
@@ -251,12 +256,10 @@ class StudyRunner:
                 if s.reuse_runs and self.run_finished(run_dir):
                     self.runs[key] = {"run_dir": str(run_dir), "reused": True}
                     continue
-                loc_dir = (self.run_dir("localization", s.localizer_arch, fold)
-                           if stage == "segmentation" and s.crops_from_localizer else None)
                 from omegaconf import OmegaConf
 
-                configs.append(OmegaConf.to_container(self.compose(self.train_overrides(stage, arch, fold, loc_dir)),
-                                                      resolve=True))
+                overrides = self.train_overrides(stage, arch, fold, self.crop_localizer_run(stage, fold))
+                configs.append(OmegaConf.to_container(self.compose(overrides), resolve=True))
                 keys.append(key)
                 if run_dir.exists():  # an interrupted run: start it again from scratch
                     shutil.rmtree(run_dir)
