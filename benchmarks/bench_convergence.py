@@ -11,8 +11,11 @@ column compares the recipes on identical crops. Recipes are Hydra overrides of `
 - ``lateral``, ``merged``: the new budget (trainer=converge: early stopping on the validation plateau) on the
   localizer's crops, with three-class or one-class labels, without domain randomization;
 - ``merged_dr``: the new recipe (one DN class, localizer crops, domain randomization, converge budget);
-- ``merged_dr_cl``, ``merged_dr_bf16_cl``: ``merged_dr`` with the channels_last_3d memory format, and with bf16
-  autocast on top (``trainer.channels_last=true``, ``trainer.amp=true``): same validation Dice at less wall time?
+- ``merged_dr_cl``, ``merged_dr_bf16_cl``: ``merged_dr`` (float32, one validation window per network call: the
+  arithmetic before the throughput work) with the channels_last_3d memory format, and with bf16 autocast on top
+  (``trainer.channels_last=true``, ``trainer.amp=true``): same validation Dice at less wall time?
+- ``merged_dr_fast``: ``merged_dr_bf16_cl`` with two validation windows per network call
+  (``inferer.sw_batch_size=2``): the schema's defaults.
 
     python benchmarks/bench_convergence.py --data work_data/phantom_cpu --localizer RUN_DIR --work /tmp/conv
     python benchmarks/bench_convergence.py ... --recipes old merged_dr --max-minutes 8
@@ -41,16 +44,22 @@ from dentate_research.cli.reproduce import compose_train_config  # noqa: E402
 BASE = ["stage=segmentation", "logger=none", "data=phantom_cpu", "+arch=unet",
         "arch.kwargs.channels=[16,32,64,128]", "arch.kwargs.strides=[2,2,2]"]
 NEW = ["trainer=converge", "stage.crop.source=localizer"]
+SLOW = ["trainer.amp=false", "trainer.channels_last=false", "inferer.sw_batch_size=1"]
 RECIPES: dict[str, list[str]] = {
     "old": ["trainer=short", "stage.label_scheme=lateral", "augmentation=default"],
     "lateral": [*NEW, "stage.label_scheme=lateral", "augmentation=default"],
     "merged": [*NEW, "stage.label_scheme=merged", "augmentation=default"],
-    "merged_dr": [*NEW, "stage.label_scheme=merged", "augmentation=domain_randomization"],
+    # the recipe with the arithmetic of before the throughput work: float32, contiguous memory, one validation
+    # window per network call (the schema's defaults are now bf16 autocast, channels_last_3d, two windows per call)
+    "merged_dr": [*NEW, "stage.label_scheme=merged", "augmentation=domain_randomization", *SLOW],
     # training throughput (issue: the paper's tables at the targets): the same recipe, faster arithmetic
-    "merged_dr_cl": [*NEW, "stage.label_scheme=merged", "augmentation=domain_randomization",
+    "merged_dr_cl": [*NEW, "stage.label_scheme=merged", "augmentation=domain_randomization", *SLOW,
                      "trainer.channels_last=true"],
-    "merged_dr_bf16_cl": [*NEW, "stage.label_scheme=merged", "augmentation=domain_randomization",
+    "merged_dr_bf16_cl": [*NEW, "stage.label_scheme=merged", "augmentation=domain_randomization", *SLOW,
                           "trainer.channels_last=true", "trainer.amp=true"],
+    # ... and validation with two windows per network call: the schema's defaults
+    "merged_dr_fast": [*NEW, "stage.label_scheme=merged", "augmentation=domain_randomization",
+                       "trainer.channels_last=true", "trainer.amp=true", "inferer.sw_batch_size=2"],
 }
 
 

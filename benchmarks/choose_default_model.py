@@ -12,6 +12,10 @@ studies use the same split seed and subjects).
     python benchmarks/choose_default_model.py \\
         --candidate shipped=default --candidate robust=work_data/default_model_robust \\
         --data cpu=$E/data_cpu_seed0/manifest.tsv,SPLITS --data hard=$H/data_hard_seed0/manifest.tsv,SPLITS
+
+``--data NAME=MANIFEST`` (no split file) takes every scan of the manifest as a validation scan: for scans of new
+subjects of the development sites that no candidate trained on (e.g. ``make-data --seed 3 --sites siteA ...
+siteG``, filtered to the scans whose nucleus the field of view cuts, which fold 0's validation subjects lack).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidate", action="append", required=True, help="NAME=MODEL_DIR (or NAME=default)")
-    parser.add_argument("--data", action="append", required=True, help="NAME=MANIFEST,SPLITS")
+    parser.add_argument("--data", action="append", required=True,
+                        help="NAME=MANIFEST,SPLITS (the fold's validation scans) or NAME=MANIFEST (every scan)")
     parser.add_argument("--fold", default="0")
     parser.add_argument("--reference", default="rater1")
     parser.add_argument("--threads", type=int, default=2)
@@ -39,13 +44,18 @@ def main() -> int:
 
     from bench_default_model import phantom_scans, score
 
+    from dentate_research.data.manifest import read_manifest
     from dentate_research.data.splits import load_split
 
     rows = []
     for data_arg in args.data:
         data_name, paths = data_arg.split("=", 1)
-        manifest, splits = (Path(p) for p in paths.split(","))
-        scans = phantom_scans(data_name, manifest, list(load_split(splits, args.fold).val))
+        manifest, _, splits = paths.partition(",")
+        if splits:
+            case_ids = list(load_split(Path(splits), args.fold).val)
+        else:
+            case_ids = [case.case_id for case in read_manifest(Path(manifest))]
+        scans = phantom_scans(data_name, Path(manifest), case_ids)
         for cand_arg in args.candidate:
             name, model = cand_arg.split("=", 1)
             df = score(name, model, scans, args.threads)

@@ -65,13 +65,24 @@ def segmenter_log(model: Path) -> dict:
     return json.loads(log.read_text()).get("segmentation", {}) if log.is_file() else {}
 
 
+def trained_name(model: Path) -> str:
+    """The name of the training run behind ``model``: a copy with other inference settings (``with_inferer.py``)
+    is named after the model it was copied from."""
+    changes, name = model / "inferer_changes.json", model.name
+    while changes.is_file():
+        record = json.loads(changes.read_text())
+        name = Path(record["source"]).name
+        changes = Path(record["source"]) / "inferer_changes.json"
+    return name
+
+
 def refinement_history(model: Path) -> list[str]:
     """One card line per earlier segmenter phase (``--refine-from`` chains), oldest first: how each phase ended
     and its validation curve, and how the next continued it (learning-rate decay, extra data, precision)."""
     from train_default_model import SNAPSHOT
 
     lines: list[str] = []
-    current, current_name = model, model.name
+    current, current_name = model, trained_name(model)
     for _ in range(10):  # a chain of refinements; 10 guards a cycle
         log = segmenter_log(current)
         if not log.get("refined_from"):
@@ -99,6 +110,22 @@ def refinement_history(model: Path) -> list[str]:
         lines.insert(0, f"- segmenter, phase `{source['name']}`{origin}: {stop_text(seg)}; validation mean Dice: "
                         f"{curve}")
         current, current_name = previous, source["name"]
+    return lines
+
+
+def inference_text(model: Path, cards: dict[str, dict]) -> list[str]:
+    """The inference settings of both stages, and the changes made after training (``with_inferer.py``)."""
+    keys = ("tta", "sw_batch_size", "overlap", "mode")
+    shown = {stage: {k: cards[stage]["inferer"].get(k) for k in keys} for stage in ("segmentation", "localization")}
+    lines = [f"- inference: segmenter {shown['segmentation']}, localizer {shown['localization']}"]
+    changes_file = model / "inferer_changes.json"
+    record = json.loads(changes_file.read_text()) if changes_file.exists() else None
+    while record:
+        changed = "; ".join(f"{stage} {key} {c['from']} -> {c['to']}" for stage, keys_changed in
+                            record["changes"].items() for key, c in keys_changed.items())
+        reason = f": {record['reason']}" if record.get("reason") else ""
+        lines.append(f"- inference settings changed after training ({changed}) by `{record['command']}`{reason}")
+        record = record.get("earlier")
     return lines
 
 
@@ -134,6 +161,7 @@ def card_text(model: Path, bench: Path, candidate: str, command: str) -> str:
              f"- segmenter validation mean Dice vs iterations and wall time{' (last phase)' if refined else ''}: "
              f"{learning_curve(seg, 'val_dice_mean')}",
              f"- localizer validation cerebellum Dice: {learning_curve(loc, 'val_dice_cerebellum')}",
+             *inference_text(model, {"segmentation": seg_card, "localization": loc_card}),
              "", "## Benchmark", "",
              f"{bench_line} This model is `{candidate}` there; no stage saw any of these scans (see "
              "`benchmarks/bench_default_model.py` for the benches). Lost side: Dice < 0.5. Seconds per scan: read + "

@@ -52,3 +52,32 @@ def test_qc_confusion_finds_an_ok_scan_with_a_lost_side(per_case):
     assert lamina["ok_with_lost_side"] == 1  # c: QC said ok although the right side was lost
     assert lamina["flagged_all_sides_good"] == 1 and lamina["ok_all_sides_good"] == 1
     assert confusion.loc["heldout_easy", "ok_all_sides_good"] == 1  # judged against rater1, not the truth rows
+
+
+def test_with_inferer_copies_a_model_with_other_inference_settings(tmp_path):
+    """benchmarks/with_inferer.py (a real process): the copy loads with the new settings and the same weights, the
+    source is untouched, the change is recorded for the model card; a bad value writes nothing."""
+    import json
+    import subprocess
+
+    from inference_helpers import trained_toy_model
+
+    from dentate_research.inference.pipeline import DentatePredictor
+
+    source = trained_toy_model(tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "with_inferer.py"
+    out = tmp_path / "with_tta"
+    done = subprocess.run([sys.executable, str(script), "--model", str(source), "--out", str(out), "--set",
+                           "segmentation.tta=lr_swap", "--set", "localization.sw_batch_size=3", "--reason", "test"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    copy, original = DentatePredictor.from_model_dir(out), DentatePredictor.from_model_dir(source)
+    assert copy.segmenter.settings.tta == "lr_swap" and copy.localizer.settings.sw_batch_size == 3
+    assert original.segmenter.settings.tta == "none"
+    record = json.loads((out / "inferer_changes.json").read_text())
+    assert record["changes"]["segmentation"]["tta"] == {"from": "none", "to": "lr_swap"} and record["reason"] == "test"
+    assert (out / "segmentation" / "checkpoints" / "best.pt").read_bytes() == (
+        source / "segmentation" / "checkpoints" / "best.pt").read_bytes()
+    bad = subprocess.run([sys.executable, str(script), "--model", str(source), "--out", str(tmp_path / "bad"), "--set",
+                          "segmentation.tta=sideways"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "sideways" in bad.stderr and not (tmp_path / "bad").exists()

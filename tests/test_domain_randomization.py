@@ -243,3 +243,46 @@ def test_robust_config_composes_and_keeps_sides():
         out_image, out = aug(image, label, affine)
         assert np.isfinite(out_image).all()
         assert (x[out == LEFT_DN] < 0).all() and (x[out == RIGHT_DN] > 0).all()
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+@pytest.mark.parametrize("world_axis", [0, 2])
+def test_fov_cut_removes_image_and_label_beyond_a_world_plane(flip_x, world_axis):
+    """Partial coverage: a half-space along the chosen WORLD axis becomes 0 in image and label, both sides of the
+    axis occur, the labelled extent lost is within the asked fraction, the rest is untouched and sides stay true."""
+    affine = _affine(flip_x=flip_x)
+    image, label = _case(affine)
+    idx = np.indices((N, N, N)).reshape(3, -1)
+    world = (affine[:3, :3] @ idx + affine[:3, 3:4]).reshape(3, N, N, N)
+    w = world[world_axis]
+    labelled = np.unique(w[label > 0])  # world coordinates (1 mm apart) that hold a label
+    aug = Augmenter(_off(fov_cut_prob=1.0, fov_cut_fraction=(0.3, 0.6), fov_cut_axes=[world_axis]),
+                    lateralized_labels=True, seed=2)
+    cut_low_side = set()
+    for _ in range(10):
+        out_image, out = aug(image, label, affine)
+        removed = out_image == 0  # the input has no exact zero
+        assert removed.any() and not removed.all()
+        assert np.array_equal(out[~removed], label[~removed]) and np.array_equal(out_image[~removed], image[~removed])
+        assert not out[removed].any()
+        low = w[removed].max() < w[~removed].min()
+        assert low or w[removed].min() > w[~removed].max()  # a half-space, not scattered voxels
+        cut_low_side.add(bool(low))
+        lost = np.isin(labelled, np.unique(w[removed])).sum()
+        assert 0.3 * labelled.size - 1 <= lost <= 0.6 * labelled.size + 1
+        assert (world[0][out == LEFT_DN] < 0).all() and (world[0][out == RIGHT_DN] > 0).all()
+    assert cut_low_side == {True, False}
+    empty = np.zeros_like(label)
+    out_image, out = aug(image, empty, affine)  # nothing labelled: nothing to place the plane by, unchanged
+    assert np.array_equal(out_image, image) and not out.any()
+
+
+def test_fov_cut_runs_after_every_intensity_transform():
+    settings = _off(**ALL_ON, fov_cut_prob=1.0, fov_cut_fraction=(0.3, 0.6))
+    names = [type(t).__name__ for t in Augmenter(settings, lateralized_labels=True).monai.transforms]
+    assert names[-1] == "RandFovCutd"  # the removed slab stays exactly 0, like inference's padding
+    affine = _affine()
+    image, label = _case(affine)
+    out_image, out = Augmenter(settings, lateralized_labels=True, seed=4)(image, label, affine)
+    removed = ~out.any(axis=(0, 1)) & label.any(axis=(0, 1))  # axial slices of the nucleus that were cut away
+    assert removed.any() and (out_image[:, :, removed] == 0).all()

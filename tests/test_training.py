@@ -133,6 +133,21 @@ def test_tta_lr_flip_swaps_channels_back():
         assert tta[1, :16].mean() > 0.9  # without the swap, left/right would be mixed 50/50
 
 
+def test_windows_per_network_call_do_not_change_probabilities():
+    """sw_batch_size is speed only (2 by default: PyTorch's CPU convolution skips oneDNN for a batch of one): a real
+    MONAI U-Net on an image of 3 x 2 x 2 windows (an odd count: the last call is short) gives the same output."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, channels=(4, 8), strides=(2,), num_res_units=1).eval()
+    image = np.random.default_rng(1).normal(size=(40, 24, 24)).astype(np.float32)
+    outputs = [predict_probabilities(net, image, InfererSettings((16, 16, 16), overlap=0.25, sw_batch_size=n))
+               for n in (1, 2, 5)]
+    assert InfererSettings((16, 16, 16)).sw_batch_size == 2
+    for out in outputs[1:]:
+        np.testing.assert_allclose(out, outputs[0], atol=1e-5)
+
+
 def test_patch_sampler_shapes_and_foreground(toy_manifest):
     cases = read_manifest(toy_manifest)[:2]
     samples = prepare_samples(cases, "segmentation", spacing_mm=2.0, normalization={"scheme": "zscore_nonzero"},

@@ -12,9 +12,10 @@ differs between QSM sites: reconstruction streaking (TKD-like errors near the ma
 background field (additive smooth field), smooth gain variation (multiplicative bias field), resolution (isotropic
 low resolution, thick slices, blur), Gibbs ringing, noise, nonlinear contrast (gamma, histogram shift) and the DN's
 own contrast against its surroundings (SynthSeg-style per-label intensity). Every one of them acts on the image
-only: labels stay bit-identical (only the affine transform and flips touch labels), and none moves
-content across the midline, so left/right stay anatomically true. Units: the image is z-score normalized per
-case, so intensities are "normalized units" (case SD); sizes are voxels unless named ``*_mm``.
+only: labels stay bit-identical (only the affine transform and flips touch labels), and none moves content across
+the midline, so left/right stay anatomically true. Partial coverage (``fov_cut``) is the one exception: it removes a
+slab beyond a plane from image and label alike, as a scan that stops inside the nucleus. Units: the image is z-score
+normalized per case, so intensities are "normalized units" (case SD); sizes are voxels unless named ``*_mm``.
 """
 
 from __future__ import annotations
@@ -287,12 +288,57 @@ class RandLabelContrastd(RandomizableTransform, MapTransform):
         return d
 
 
+class RandFovCutd(RandomizableTransform, MapTransform):
+    """Partial coverage: remove everything beyond a plane normal to a random allowed WORLD axis (either side).
+
+    The plane cuts a fraction U(``fraction``) of the labelled structure's (any label > 0) extent along that axis;
+    image and label beyond it become 0, which is what inference sees beyond a scan's last slice (the crop is
+    clipped to the scan and the sliding window pads with zeros in normalized units). A patch without a label is
+    returned unchanged. Runs last, after every intensity transform, so the removed slab is exactly 0.
+    """
+
+    def __init__(self, prob: float, fraction: tuple[float, float], world_axes: Sequence[int],
+                 keys: Sequence[Hashable] = ("image", "label")):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys)
+        self.fraction = fraction
+        self.world_axes = list(world_axes)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        rng = np.random.default_rng(int(self.R.randint(0, 2 ** 31 - 1)))
+        label = convert_data_type(d["label"], np.ndarray)[0]
+        world_axis = int(self.world_axes[rng.integers(len(self.world_axes))])
+        affine = np.asarray(d[AFFINE_KEY], dtype=np.float64)
+        axis = int(np.argmax(np.abs(affine[world_axis, :3])))  # array axis running most along that world axis
+        low_world_side = rng.random() < 0.5  # cut the low world coordinates (e.g. z-: inferior) or the high ones
+        others = tuple(a for a in range(label.ndim) if a != axis + 1)  # label is (channel, X, Y, Z)
+        along = np.flatnonzero((label > 0).any(axis=others))
+        if along.size == 0:
+            return d
+        lost = int(round(rng.uniform(*self.fraction) * int(along[-1] - along[0] + 1)))
+        index: list[Any] = [slice(None)] * label.ndim
+        if low_world_side == (affine[world_axis, axis] > 0):  # the low world side lies at low array indices
+            index[axis + 1] = slice(0, int(along[0]) + lost)
+        else:
+            index[axis + 1] = slice(int(along[-1]) + 1 - lost, None)
+        for key in self.key_iterator(d):
+            out = convert_data_type(d[key], np.ndarray, dtype=np.float32)[0].copy()
+            out[tuple(index)] = 0
+            d[key] = out
+        return d
+
+
 # ---------------------------------------------------------------- the augmenter
 
 def build_transforms(s: AugmentationSettings) -> list:
     """MONAI dictionary transforms in acquisition order: spatial, reconstruction artefacts, fields, gain/offset,
-    noise, blur, resolution, nonlinear contrast. Options with probability 0 are left out (so with every domain
-    randomization option off the list, and therefore the random streams, are the same as without them)."""
+    noise, blur, resolution, nonlinear contrast, then partial coverage. Options with probability 0 are left out (so
+    with every domain randomization option off the list, and therefore the random streams, are the same as without
+    them)."""
     img = ["image"]
     deg = np.deg2rad(s.rotate_deg)
     t: list = []
@@ -332,6 +378,8 @@ def build_transforms(s: AugmentationSettings) -> list:
     if s.histogram_shift_prob > 0:
         t.append(RandHistogramShiftd(keys=img, num_control_points=s.histogram_shift_points,
                                      prob=s.histogram_shift_prob))
+    if s.fov_cut_prob > 0:  # last: the removed slab stays exactly 0, as inference's padding
+        t.append(RandFovCutd(s.fov_cut_prob, s.fov_cut_fraction, s.fov_cut_axes))
     return t
 
 
