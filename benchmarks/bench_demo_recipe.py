@@ -32,6 +32,12 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
                           "merged"),
     "p48_b4_fg09_robust": ({"patch_size": [48, 48, 48]}, {"batch_size": 4, "foreground_prob": 0.9}, "robust",
                            "merged"),
+    # with two validation windows per network call the demo's segmenter stops on its plateau at ~100 s of its
+    # 144-s share: a longer patience lets it use the rest (and perhaps the `robust` randomization)
+    "p48_b4_fg09_no_dr_patience8": ({"patch_size": [48, 48, 48]},
+                                    {"batch_size": 4, "foreground_prob": 0.9, "patience": 8}, "default", "merged"),
+    "p48_b4_fg09_robust_patience8": ({"patch_size": [48, 48, 48]},
+                                     {"batch_size": 4, "foreground_prob": 0.9, "patience": 8}, "robust", "merged"),
     "fg09": ({}, {"foreground_prob": 0.9}, "domain_randomization", "merged"),
     "lr3e-3": ({}, {"optimizer": {"name": None, "lr": 3e-3, "weight_decay": None, "momentum": None}},
                "domain_randomization", "merged"),
