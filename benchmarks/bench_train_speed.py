@@ -10,7 +10,9 @@ one merged DN class) on toy crops (``training/toy_data.py``, 1 mm, the size of a
   channels_last_3d memory format (``trainer.channels_last``), with bf16 autocast on CPU (``trainer.amp``), both,
   and ``torch.compile`` (compile time reported apart), at 1 and 2 threads;
 - whole iterations (robust batch + fp32 step) with the batch prepared in the same thread or prefetched by a
-  background thread while the network steps.
+  background thread while the network steps;
+- one step of nnU-Net's network for the CPU study's plan in float32 (nnU-Net's own CPU step) and under bf16
+  autocast (what ``DentateNnUNetTrainer.train_step`` does with ``trainer.amp`` on a CPU with native bf16).
 
 Variants are run interleaved (round robin over ``--rounds``) so that drift in the machine's load hits all of
 them alike; the table gives the median seconds and the ratio to the fp32 baseline; the load average is printed
@@ -94,6 +96,32 @@ class Step:
         self.optimizer.step()
 
 
+class NnUNetStep:
+    """One step of nnU-Net's network for the CPU study's plan (PlainConvUNet, 16-128 features, 4 stages, 2 convs
+    per stage, deep supervision), with or without bf16 autocast (``DentateNnUNetTrainer.train_step`` on CPU)."""
+
+    def __init__(self, bf16: bool = False):
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+        torch.manual_seed(0)
+        self.net = PlainConvUNet(1, 4, [16, 32, 64, 128], torch.nn.Conv3d, 3, [1, 2, 2, 2], [2, 2, 2, 2], 2,
+                                 [2, 2, 2], True, torch.nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, None, None,
+                                 torch.nn.LeakyReLU, {"inplace": True}, deep_supervision=True)
+        self.bf16 = bf16
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+        self.net.train()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = self.net(x)  # one output per decoder resolution; every head trained, as nnU-Net does
+            loss = sum(torch.nn.functional.cross_entropy(o.float(), torch.nn.functional.interpolate(
+                y.float(), size=o.shape[2:], mode="nearest")[:, 0].long()) for o in outputs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 12.0)
+        self.optimizer.step()
+
+
 def timed(fn: Callable[[], object], iters: int) -> list[float]:
     out = []
     for _ in range(iters):
@@ -135,13 +163,15 @@ def main() -> None:
     fixed = samplers["none"].next_batch()
     steps = {"fp32": Step(), "channels_last_3d": Step(channels_last=True), "bf16 autocast": Step(bf16=True),
              "bf16 + channels_last_3d": Step(channels_last=True, bf16=True)}
+    nnunet_steps = {"nnU-Net CPU plan, fp32 (nnU-Net's own CPU step)": NnUNetStep(),
+                    "nnU-Net CPU plan, bf16 autocast (trainer.amp)": NnUNetStep(bf16=True)}
     if not args.no_compile:
         compiled = Step(compiled=True)
         t0 = time.perf_counter()
         compiled(*fixed)
         print(f"torch.compile: first step (compilation) {time.perf_counter() - t0:.1f} s", flush=True)
         steps["torch.compile (fp32)"] = compiled
-    for step in steps.values():  # warm-up (oneDNN primitive caches, allocator)
+    for step in [*steps.values(), *nnunet_steps.values()]:  # warm-up (oneDNN primitive caches, allocator)
         step(*fixed)
     results: dict[str, list[float]] = {}
 
@@ -159,6 +189,8 @@ def main() -> None:
                     continue
                 record(f"step: {name}, {threads} threads", timed(lambda s=step: s(*fixed), args.iters))
         torch.set_num_threads(2)
+        for name, step in nnunet_steps.items():
+            record(f"step: {name}", timed(lambda s=step: s(*fixed), args.iters))
         record("iteration: robust batch + fp32 step, same thread",
                timed(lambda: base(*robust.next_batch()), args.iters))
         record("iteration: robust batch prefetched in a thread + fp32 step",
@@ -170,15 +202,16 @@ def main() -> None:
     load_after = os.getloadavg()
     ref_step = statistics.median(results["step: fp32, 2 threads"])
     ref_iter = statistics.median(results["iteration: robust batch + fp32 step, same thread"])
+    ref_nnunet = statistics.median(results["step: nnU-Net CPU plan, fp32 (nnU-Net's own CPU step)"])
     print(f"\nU-Net 16-128, patch {PATCH[0]}^3, batch {args.batch}; {args.rounds} rounds x {args.iters} iterations; "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}\n")
     print("| what | median s | ratio to baseline |\n|---|---|---|")
     for name, values in results.items():
-        ref = ref_iter if name.startswith("iteration") else ref_step
+        ref = ref_iter if name.startswith("iteration") else ref_nnunet if "nnU-Net" in name else ref_step
         ratio = "" if name.startswith("batch") else f"{statistics.median(values) / ref:.2f}"
         print(f"| {name} | {statistics.median(values):.3f} | {ratio} |")
     print("\nbaselines: 'step: fp32, 2 threads' for steps; 'iteration: robust batch + fp32 step, same thread' for "
-          "iterations")
+          "iterations; the nnU-Net fp32 step for the nnU-Net steps")
 
 
 if __name__ == "__main__":

@@ -233,10 +233,10 @@ class TrainerSettings:
     lr_schedule: LRSchedule = LRSchedule.poly
     warmup_iterations: int = 0
     grad_clip: float | None = 12.0
-    # mixed precision (MONAI loop): float16 on CUDA, bfloat16 on a CPU with native bf16 (float32 on other CPUs);
-    # validation on CPU and inference stay float32. With channels_last: 0.69x the wall time per iteration at equal
-    # validation Dice
-    # (benchmarks/bench_convergence.py, README "Training throughput")
+    # mixed precision: float16 on CUDA, bfloat16 on a CPU with native bf16 (float32 on other CPUs); validation on
+    # CPU and inference stay float32. MONAI loop with channels_last: 0.69x the wall time per iteration at equal
+    # validation Dice (benchmarks/bench_convergence.py, README "Training throughput"). nnU-Net autocasts on CUDA by
+    # itself; on CPU its train steps run under bf16 autocast with this on (0.39x per step for the CPU plan)
     amp: bool = True
     channels_last: bool = True  # channels_last_3d memory format for the network and its batches (MONAI loop)
     device: str = "auto"  # cpu | cuda | cuda:N | auto

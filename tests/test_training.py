@@ -236,6 +236,9 @@ def test_nnunet_plans_trains_and_predicts(tmp_path, toy_manifest):
     plans = json.loads((run_dir / nn["plans"]).read_text())
     assert plans["configurations"]["dentate"]["patch_size"] == [32, 32, 32]
     assert (run_dir / nn["checkpoints"]["final"]).exists()
+    from dentate_research.runtime.device import cpu_bf16_supported
+
+    assert nn["cpu_bf16"] is cpu_bf16_supported()  # trainer.amp (the default): nnU-Net's CPU steps in bf16
     model, volume = _check_prediction(run_dir, toy_manifest, "segmentation")
     model.settings.tta = "lr_swap"  # our laterality-safe TTA on top of nnU-Net's predictor (its mirroring is off)
     assert model.predict(volume).shape == volume.shape

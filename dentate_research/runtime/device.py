@@ -17,3 +17,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ValueError(f"device '{name}' unknown; allowed: cpu, cuda, cuda:N, auto")
+
+
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX), where ``trainer.amp`` on CPU
+    measures faster (``benchmarks/bench_train_speed.py``); elsewhere bf16 autocast is slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..data.atomic import atomic_output
 from ..data.labels import MERGED, network_label_scheme
 from ..models import build_network, get_arch
+from ..runtime.device import cpu_bf16_supported
 from ..runtime.inferer import postprocess_labels, predict_probabilities
 from ..schema import LRSchedule, TrainerSettings
 from .augmentation import Augmenter
@@ -77,15 +78,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, s: TrainerSettings) -> torc
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def cpu_bf16_supported() -> bool:
-    """True when oneDNN runs bfloat16 natively on this CPU (where ``trainer.amp`` on CPU measures faster:
-    ``benchmarks/bench_train_speed.py``)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return False
 
 
 def _save(path: Path, **state: Any) -> None:

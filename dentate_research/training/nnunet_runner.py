@@ -213,6 +213,24 @@ def _trainer_class() -> type:
         allow_mirroring: bool = True
         lr_swap_probability: float = 0.0
         mirror_lr_axis: bool = False  # True only for side-less targets (merged DN class, cerebellum)
+        cpu_bf16: bool = False  # trainer.amp on a CPU with native bf16: nnU-Net itself autocasts on CUDA only
+
+        def train_step(self, batch: dict) -> dict:
+            """nnU-Net's step; on CPU with ``cpu_bf16`` the forward pass and loss run under bf16 autocast (nnU-Net
+            keeps CPU steps in float32: 1.95 s vs 0.76 s per step for our 16-128 plan, 64^3, batch 2). Its
+            per-epoch validation stays float32."""
+            if self.device.type != "cpu" or not self.cpu_bf16:
+                return super().train_step(batch)
+            data, target = batch["data"].to(self.device), batch["target"]
+            target = [t.to(self.device) for t in target] if isinstance(target, list) else target.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                output = self.network(data)
+                loss = self.loss(output, target)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)  # nnU-Net's clipping
+            self.optimizer.step()
+            return {"loss": loss.detach().float().cpu().numpy()}
 
         @classmethod
         def get_training_transforms(cls, *args: Any, **kwargs: Any) -> Any:  # nnU-Net calls it on the instance
@@ -241,7 +259,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
                  iterations_per_epoch: int, val_iterations: int, arch_kwargs: dict[str, Any],
                  device: torch.device, seed: int = 0, initial_lr: float | None = None,
                  allow_mirroring: bool = True, lr_swap_probability: float = 0.0, mirror_lr_axis: bool = False,
-                 resume: bool = False, dist: Any = None) -> dict[str, Any]:
+                 resume: bool = False, dist: Any = None, cpu_bf16: bool = False) -> dict[str, Any]:
     """Run nnU-Net planning, preprocessing and training; returns the ``nnunet`` section of the model card.
 
     ``dist`` (a :class:`~dentate_research.training.distributed.DistContext` of several CUDA processes): nnU-Net's
@@ -252,6 +270,8 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
 
     ``mirror_lr_axis``: let nnU-Net's own mirroring flip the left-right axis too (only for side-less labels:
     the merged DN class or the cerebellum); lateralized labels get ``lr_swap_probability`` instead.
+
+    ``cpu_bf16``: on CPU, train steps under bf16 autocast (``trainer.amp``; the caller checks the CPU supports it).
 
     Paths in the returned dict are relative to ``run_dir``. The epoch log (losses, pseudo Dice) is under
     ``"history"``.
@@ -287,6 +307,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         cls.allow_mirroring = bool(allow_mirroring)
         cls.lr_swap_probability = float(lr_swap_probability)
         cls.mirror_lr_axis = bool(mirror_lr_axis)
+        cls.cpu_bf16 = bool(cpu_bf16) and torch.device(device).type == "cpu"
         plans_for_trainer = copy.deepcopy(plans)
         plans_for_trainer["continue_training"] = bool(resume)
         trainer = cls(plans=plans_for_trainer, configuration=NNUNET_CONFIGURATION, fold=0,
@@ -323,6 +344,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         "transpose_forward": list(plans["transpose_forward"]),
         "lr_axis": lr_axis_in_nnunet(plans["transpose_forward"]),
         "inference_allowed_mirroring_axes": list(mirror_axes) if mirror_axes is not None else [],
+        "cpu_bf16": bool(cpu_bf16) and torch.device(device).type == "cpu",
         "patch_size_nnunet": plans["configurations"][NNUNET_CONFIGURATION]["patch_size"],
         "spacing_nnunet": plans["configurations"]["3d_fullres"]["spacing"],
         "history": history,

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -13,10 +14,13 @@ from omegaconf import DictConfig
 from ...data.io import DataError
 from ...data.labels import MERGED, merge_dn_labels
 from ...model_contract import ModelCard
+from ...runtime.device import cpu_bf16_supported
 from ...runtime.stage_model import NetworkStageModel
 from ..loggers import RunLogger
 from ..preprocessing import StageSample
 from .base import TrainingJob
+
+log = logging.getLogger(__name__)
 
 # nnU-Net's epoch log (history key) -> our metrics column
 _HISTORY_COLUMNS = (("val_losses", "nnunet_val_loss"), ("mean_fg_dice", "nnunet_pseudo_dice"), ("lrs", "lr"),
@@ -64,12 +68,18 @@ class NnUNetBackend:
         if merged:  # nnU-Net learns one DN class
             train_samples = [_merged_sample(s) for s in train_samples]
             val_samples = [_merged_sample(s) for s in val_samples]
+        cpu_bf16 = bool(loop.amp) and job.device.type == "cpu"
+        if cpu_bf16 and not cpu_bf16_supported():
+            log.warning("trainer.amp=true: this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 autocast "
+                        "is slower than float32; nnU-Net trains in float32")
+            cpu_bf16 = False
         nn = train_nnunet(job.run_dir, train_samples, val_samples, job.classes, patch_size=job.patch_size,
                           batch_size=loop.batch_size, epochs=loop.epochs,
                           iterations_per_epoch=loop.iterations_per_epoch,
                           val_iterations=int(loop.val_iterations), arch_kwargs=dict(job.arch_kwargs),
                           device=job.device, seed=job.seed, initial_lr=loop.optimizer.lr, allow_mirroring=mirroring,
-                          lr_swap_probability=lr_swap, mirror_lr_axis=merged, resume=loop.resume, dist=dist)
+                          lr_swap_probability=lr_swap, mirror_lr_axis=merged, resume=loop.resume, dist=dist,
+                          cpu_bf16=cpu_bf16)
         history = nn.pop("history")
         if logger is not None:  # rank 0 logs
             _log_history(logger, history, loop.iterations_per_epoch)
