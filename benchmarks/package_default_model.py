@@ -65,15 +65,22 @@ def segmenter_log(model: Path) -> dict:
     return json.loads(log.read_text()).get("segmentation", {}) if log.is_file() else {}
 
 
+def inferer_changes(model: Path) -> list[dict]:
+    """The inference-setting changes made after training (``with_inferer.py``), newest first (each record carries
+    the earlier ones under ``earlier``); empty for a model as trained."""
+    changes_file = model / "inferer_changes.json"
+    records, record = [], json.loads(changes_file.read_text()) if changes_file.exists() else None
+    while record:
+        records.append(record)
+        record = record.get("earlier")
+    return records
+
+
 def trained_name(model: Path) -> str:
-    """The name of the training run behind ``model``: a copy with other inference settings (``with_inferer.py``)
-    is named after the model it was copied from."""
-    changes, name = model / "inferer_changes.json", model.name
-    while changes.is_file():
-        record = json.loads(changes.read_text())
-        name = Path(record["source"]).name
-        changes = Path(record["source"]) / "inferer_changes.json"
-    return name
+    """The name of the training run behind ``model``: a copy with other inference settings is named after the
+    model the first copy was made from."""
+    records = inferer_changes(model)
+    return Path(records[-1]["source"]).name if records else model.name
 
 
 def refinement_history(model: Path) -> list[str]:
@@ -118,14 +125,11 @@ def inference_text(model: Path, cards: dict[str, dict]) -> list[str]:
     keys = ("tta", "sw_batch_size", "overlap", "mode")
     shown = {stage: {k: cards[stage]["inferer"].get(k) for k in keys} for stage in ("segmentation", "localization")}
     lines = [f"- inference: segmenter {shown['segmentation']}, localizer {shown['localization']}"]
-    changes_file = model / "inferer_changes.json"
-    record = json.loads(changes_file.read_text()) if changes_file.exists() else None
-    while record:
+    for record in inferer_changes(model):
         changed = "; ".join(f"{stage} {key} {c['from']} -> {c['to']}" for stage, keys_changed in
                             record["changes"].items() for key, c in keys_changed.items())
         reason = f": {record['reason']}" if record.get("reason") else ""
         lines.append(f"- inference settings changed after training ({changed}) by `{record['command']}`{reason}")
-        record = record.get("earlier")
     return lines
 
 

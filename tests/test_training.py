@@ -263,7 +263,7 @@ def test_mixed_precision_and_channels_last_train_weights_that_load_anywhere(tmp_
     (identical losses to trainer.amp=false)."""
     import logging
 
-    from dentate_research.training import monai_loop
+    from dentate_research.runtime import device as device_module
     from dentate_research.training.api import train_stage
 
     cfg = toy_config(toy_manifest, tmp_path / "fast", "unet")
@@ -278,8 +278,8 @@ def test_mixed_precision_and_channels_last_train_weights_that_load_anywhere(tmp_
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [r["train_loss"] for r in rows if r.get("phase") != "final"]
 
-    monkeypatch.setattr(monai_loop, "cpu_bf16_supported", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="dentate_research.training.monai_loop"):
+    monkeypatch.setattr(device_module, "cpu_bf16_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="dentate_research.runtime.device"):
         no_bf16 = train_stage(toy_config(toy_manifest, tmp_path / "no_bf16", "unet"))
     assert "no native bfloat16" in caplog.text
     fp32 = train_stage(toy_config(toy_manifest, tmp_path / "fp32", "unet", extra=["trainer.amp=false"]))

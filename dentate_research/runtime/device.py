@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,3 +30,13 @@ def cpu_bf16_supported() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
+
+
+def amp_usable(amp: bool, device: torch.device, who: str) -> bool:
+    """``trainer.amp`` as ``device`` can honour it: on a CPU without native bf16 a warning and False (``who`` trains
+    in float32 there), else ``amp``."""
+    if amp and device.type == "cpu" and not cpu_bf16_supported():
+        log.warning(f"trainer.amp=true: this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 autocast is "
+                    f"slower than float32; {who} trains in float32")
+        return False
+    return bool(amp)

@@ -169,6 +169,20 @@ def streak_field(shape: Sequence[int], affine: np.ndarray, b0_world: np.ndarray,
 
 # ---------------------------------------------------------------- MONAI-style randomizable dictionary transforms
 
+def _draw(transform: RandomizableTransform) -> np.random.Generator | None:
+    """Decide (with ``transform``'s own MONAI random state) whether it acts on this sample; if it does, a numpy
+    generator seeded from that state for its parameters, else None."""
+    transform.randomize(None)
+    if not transform._do_transform:
+        return None
+    return np.random.default_rng(int(transform.R.randint(0, 2 ** 31 - 1)))
+
+
+def _array_axis(affine: np.ndarray, world_axis: int) -> int:
+    """The array axis that runs most along ``world_axis`` (0 = x, 1 = y, 2 = z) of a voxel -> world affine."""
+    return int(np.argmax(np.abs(affine[world_axis, :3])))
+
+
 class _RandImageTransformd(RandomizableTransform, MapTransform):
     """Apply ``_apply(channel, affine, rng)`` to each channel of the image key(s) with probability ``prob``.
 
@@ -185,10 +199,9 @@ class _RandImageTransformd(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
+        rng = _draw(self)
+        if rng is None:
             return d
-        rng = np.random.default_rng(int(self.R.randint(0, 2 ** 31 - 1)))
         affine = np.asarray(d[AFFINE_KEY], dtype=np.float64)
         for key in self.key_iterator(d):
             img = convert_data_type(d[key], np.ndarray, dtype=np.float32)[0]
@@ -230,7 +243,7 @@ class RandThickSlicesd(_RandImageTransformd):
 
     def _apply(self, x: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         world_axis = int(self.world_axes[rng.integers(len(self.world_axes))])
-        axis = int(np.argmax(np.abs(affine[world_axis, :3])))  # array axis running most along that world axis
+        axis = _array_axis(affine, world_axis)
         spacing_mm = float(np.linalg.norm(affine[:3, axis]))
         thickness_vox = rng.uniform(*self.thickness_mm) / spacing_mm
         return simulate_thick_slices(x, axis, thickness_vox, rng.uniform(0.0, max(thickness_vox, 1.0)))
@@ -306,14 +319,13 @@ class RandFovCutd(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
+        rng = _draw(self)
+        if rng is None:
             return d
-        rng = np.random.default_rng(int(self.R.randint(0, 2 ** 31 - 1)))
         label = convert_data_type(d["label"], np.ndarray)[0]
         world_axis = int(self.world_axes[rng.integers(len(self.world_axes))])
         affine = np.asarray(d[AFFINE_KEY], dtype=np.float64)
-        axis = int(np.argmax(np.abs(affine[world_axis, :3])))  # array axis running most along that world axis
+        axis = _array_axis(affine, world_axis)
         low_world_side = rng.random() < 0.5  # cut the low world coordinates (e.g. z-: inferior) or the high ones
         others = tuple(a for a in range(label.ndim) if a != axis + 1)  # label is (channel, X, Y, Z)
         along = np.flatnonzero((label > 0).any(axis=others))

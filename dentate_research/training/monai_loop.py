@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data.atomic import atomic_output
 from ..data.labels import MERGED, network_label_scheme
 from ..models import build_network, get_arch
-from ..runtime.device import cpu_bf16_supported
+from ..runtime.device import amp_usable
 from ..runtime.inferer import postprocess_labels, predict_probabilities
 from ..schema import LRSchedule, TrainerSettings
 from .augmentation import Augmenter
@@ -115,11 +115,7 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
     optimizer = make_optimizer(network.parameters(), arch, loop)
     scheduler = make_scheduler(optimizer, loop)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    use_amp = bool(loop.amp)
-    if use_amp and device.type == "cpu" and not cpu_bf16_supported():
-        log.warning("trainer.amp=true: this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 autocast is "
-                    "slower than float32; training in float32")
-        use_amp = False
+    use_amp = amp_usable(loop.amp, device, "the network")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
     accumulate = int(loop.accumulate_grad_batches)

@@ -278,6 +278,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
     """
     if not train_samples:
         raise ValueError("nnunet: no training samples")
+    cpu_bf16 = bool(cpu_bf16) and torch.device(device).type == "cpu"
     root = Path(run_dir) / "nnunet"
     settings = {**arch_config_kwargs("nnunet"), **dict(arch_kwargs)}  # configs/arch/nnunet.yaml fills gaps
     dataset_id, name = int(settings["dataset_id"]), str(settings["dataset_name"])
@@ -307,7 +308,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         cls.allow_mirroring = bool(allow_mirroring)
         cls.lr_swap_probability = float(lr_swap_probability)
         cls.mirror_lr_axis = bool(mirror_lr_axis)
-        cls.cpu_bf16 = bool(cpu_bf16) and torch.device(device).type == "cpu"
+        cls.cpu_bf16 = cpu_bf16
         plans_for_trainer = copy.deepcopy(plans)
         plans_for_trainer["continue_training"] = bool(resume)
         trainer = cls(plans=plans_for_trainer, configuration=NNUNET_CONFIGURATION, fold=0,
@@ -344,7 +345,7 @@ def train_nnunet(run_dir: Path, train_samples: Sequence[StageSample], val_sample
         "transpose_forward": list(plans["transpose_forward"]),
         "lr_axis": lr_axis_in_nnunet(plans["transpose_forward"]),
         "inference_allowed_mirroring_axes": list(mirror_axes) if mirror_axes is not None else [],
-        "cpu_bf16": bool(cpu_bf16) and torch.device(device).type == "cpu",
+        "cpu_bf16": cpu_bf16,
         "patch_size_nnunet": plans["configurations"][NNUNET_CONFIGURATION]["patch_size"],
         "spacing_nnunet": plans["configurations"]["3d_fullres"]["spacing"],
         "history": history,

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from typing import Any
 
@@ -14,13 +13,11 @@ from omegaconf import DictConfig
 from ...data.io import DataError
 from ...data.labels import MERGED, merge_dn_labels
 from ...model_contract import ModelCard
-from ...runtime.device import cpu_bf16_supported
+from ...runtime.device import amp_usable
 from ...runtime.stage_model import NetworkStageModel
 from ..loggers import RunLogger
 from ..preprocessing import StageSample
 from .base import TrainingJob
-
-log = logging.getLogger(__name__)
 
 # nnU-Net's epoch log (history key) -> our metrics column
 _HISTORY_COLUMNS = (("val_losses", "nnunet_val_loss"), ("mean_fg_dice", "nnunet_pseudo_dice"), ("lrs", "lr"),
@@ -68,11 +65,7 @@ class NnUNetBackend:
         if merged:  # nnU-Net learns one DN class
             train_samples = [_merged_sample(s) for s in train_samples]
             val_samples = [_merged_sample(s) for s in val_samples]
-        cpu_bf16 = bool(loop.amp) and job.device.type == "cpu"
-        if cpu_bf16 and not cpu_bf16_supported():
-            log.warning("trainer.amp=true: this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 autocast "
-                        "is slower than float32; nnU-Net trains in float32")
-            cpu_bf16 = False
+        cpu_bf16 = job.device.type == "cpu" and amp_usable(loop.amp, job.device, "nnU-Net")
         nn = train_nnunet(job.run_dir, train_samples, val_samples, job.classes, patch_size=job.patch_size,
                           batch_size=loop.batch_size, epochs=loop.epochs,
                           iterations_per_epoch=loop.iterations_per_epoch,
