@@ -107,7 +107,8 @@ def test_adding_a_study_is_one_registration(dummy_study, tmp_path, monkeypatch, 
     monkeypatch.setattr(StudyRunner, "prepare_data", no_data)
     written = runner.run()
     assert written == {"dummy": tmp_path / "out" / "T99_dummy.md"} and written["dummy"].exists()
-    assert "T99_dummy.md" in (tmp_path / "out" / "README.md").read_text()
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "T99_dummy.md" in readme and "Wall time: this invocation" in readme
     for clash in (Study(name="dummy", table_id="T98", title="t", table=dummy_study.table),
                   Study(name="other", table_id="T1", title="t", table=dummy_study.table)):
         with pytest.raises(ValueError, match="same name or table id"):
@@ -135,6 +136,9 @@ def test_smoke_reproduction_and_notebook(tmp_path):
     for run in prov["runs"].values():
         run_dir = Path(run["run_dir"])
         assert (run_dir / "model.json").exists() and (run_dir / "run_info.json").exists()
+    readme = (study / "README.md").read_text()
+    for key, run in prov["runs"].items():  # each run listed in the README with its own wall time and commit
+        assert run["train_wall_s"] > 0 and f"| {key} | this invocation |" in readme
     t3 = pd.read_csv(study / "per_case" / "T3_architectures.csv")
     assert set(t3["method"]) == {"unet", "nnunet"}
     assert t3["dice"].between(0, 1).all()
@@ -269,3 +273,52 @@ def test_paper_preset_launches_on_cpu_for_a_few_iterations(tmp_path):
         assert cfg.trainer.amp is True and cfg.trainer.device == "cpu" and cfg.stage.label_scheme == "merged"
         assert cfg.stage.crop.source == "localizer" and cfg.trainer.iterations_per_epoch == 1
     assert written["architectures"].exists()
+
+
+def test_study_wall_time_counts_reused_runs_once(tmp_path):
+    """A study resumed over several invocations: its README adds the training time of the runs it reused (read
+    from their run_info.json) to this invocation's time, and names runs made at another commit."""
+    from dentate_research.studies.runner import _compute_lines, _run_record
+
+    runs = {}
+    for key, wall, sha, reused in (("localization/unet/0", 180.0, "a" * 40, True),
+                                   ("segmentation/unet/0", 600.0, "b" * 40, False)):
+        run_dir = tmp_path / key.replace("/", "_")
+        run_dir.mkdir()
+        (run_dir / "run_info.json").write_text(json.dumps(
+            {"timings_s": {"total": wall}, "git": {"sha": sha, "dirty": False}, "finished_utc": "x"}))
+        runs[key] = {"run_dir": str(run_dir), "reused": reused, **_run_record(run_dir)}
+    assert _run_record(tmp_path / "missing") == {}
+    text = "\n".join(_compute_lines(runs, total_s=900.0, study_sha="b" * 40))
+    assert "| localization/unet/0 | earlier invocation | 3.0 | aaaaaaa (earlier commit) |" in text
+    assert "| segmentation/unet/0 | this invocation | 10.0 | bbbbbbb |" in text
+    # 900 s now (training included) + 180 s reused = 0.30 h
+    assert "this invocation 15.0 min" in text and "(3.0 min, from their `run_info.json`)" in text
+    assert "0.30 h in all" in text
+
+
+def test_git_state_ignores_the_study_output_folder(tmp_path):
+    """A study writing its tables into the repository does not make its own provenance say "uncommitted"; a
+    change to anything else still does."""
+    import subprocess
+
+    from dentate_research.training.artifacts import git_sha
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "experiments" / "cpu").mkdir(parents=True)
+    (tmp_path / "experiments" / "cpu" / "T3.md").write_text("old\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    assert git_sha(tmp_path)["dirty"] is False
+    (tmp_path / "experiments" / "cpu" / "T3.md").write_text("new\n")
+    (tmp_path / "experiments" / "cpu" / "T4.md").write_text("new\n")
+    assert git_sha(tmp_path)["dirty"] is True
+    clean = git_sha(tmp_path, exclude=[tmp_path / "experiments" / "cpu", Path("/somewhere/else")])
+    assert clean["dirty"] is False and len(clean["sha"]) == 40
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_sha(tmp_path, exclude=[tmp_path / "experiments" / "cpu"])["dirty"] is True

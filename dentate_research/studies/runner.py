@@ -99,7 +99,8 @@ class StudyRunner:
         from ..training.artifacts import git_sha
 
         self.provenance = {"command": s.command or "python -m dentate_research reproduce", "study": s.name,
-                           "data": f"{data_desc}, {len(self.cases)} scans", "git": git_sha(),
+                           "data": f"{data_desc}, {len(self.cases)} scans",
+                           "git": git_sha(exclude=[s.out_dir]),  # its own tables are not a code change
                            "finished_utc": ""}
 
     def fold_cases(self, fold: str) -> tuple[list[Case], list[Case], list[Case]]:
@@ -366,15 +367,20 @@ class StudyRunner:
             log.info("%s: %s (%s s)", study, written[study], self.timeline[-1]["seconds"])
         prov = self.stamp()
         settings = json.loads(json.dumps(dataclasses.asdict(self.s), default=str))  # paths as strings
+        total_s = round(time.perf_counter() - t_start, 1)
+        for entry in self.runs.values():  # each run's own record: wall time and commit, trained now or earlier
+            entry.update(_run_record(Path(entry["run_dir"])))
         write_json({**prov, "settings": settings,
                     "runs": self.runs, "timeline_s": self.timeline,
-                    "total_s": round(time.perf_counter() - t_start, 1)}, self.s.out_dir / "provenance.json")
-        self._write_index(written)
+                    "total_s": total_s}, self.s.out_dir / "provenance.json")
+        self._write_index(written, total_s)
         return written
 
-    def _write_index(self, written: dict[str, Path]) -> None:
+    def _write_index(self, written: dict[str, Path], total_s: float) -> None:
         """README.md of the study folder: the tables of this run, then any table an earlier run of the same study
-        left in the folder (named as such, with the provenance line of its own file)."""
+        left in the folder (named as such, with the provenance line of its own file), then the training runs the
+        tables come from and the study's total wall time: this invocation plus the training of runs it reused
+        (a study resumed over several invocations is counted once, from each run's ``run_info.json``)."""
         lines = [f"# Study `{self.s.name}`", "", _provenance_line(self.provenance), "",
                  "| table | file | seconds |", "|---|---|---|"]
         secs = {t["study"]: t["seconds"] for t in self.timeline}
@@ -384,9 +390,42 @@ class StudyRunner:
         for path in sorted(self.s.out_dir.glob("T[0-9]_*.md")):
             if path.name not in own:
                 lines.append(f"| (earlier run) | [{path.name}]({path.name}) | see its header |")
-        lines += ["", "Per-case tables: `per_case/`; figures: `figures/`; splits: `splits/`; runs and settings: "
+        lines += ["", *_compute_lines(self.runs, total_s, self.provenance.get("git", {}).get("sha")), "",
+                  "Per-case tables: `per_case/`; figures: `figures/`; splits: `splits/`; runs and settings: "
                   "`provenance.json`.", ""]
         write_text_atomic(self.s.out_dir / "README.md", "\n".join(lines))
+
+
+def _run_record(run_dir: Path) -> dict[str, Any]:
+    """Wall time (s), commit and finishing time of a finished run, from its ``run_info.json`` ({} if absent)."""
+    try:
+        info = json.loads((run_dir / "run_info.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    git = info.get("git") or {}
+    return {"train_wall_s": round(float((info.get("timings_s") or {}).get("total", float("nan"))), 1),
+            "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "finished_utc": info.get("finished_utc")}
+
+
+def _compute_lines(runs: dict[str, dict[str, Any]], total_s: float, study_sha: str | None) -> list[str]:
+    """Markdown: one row per training run (wall time, trained now or reused, commit) and the total wall time."""
+    lines = ["## Training runs and wall time", "",
+             "| run | trained | wall min | commit |", "|---|---|---|---|"]
+    reused_s = 0.0
+    for key, run in sorted(runs.items()):
+        wall = run.get("train_wall_s", float("nan"))
+        if run.get("reused") and np.isfinite(wall):
+            reused_s += wall
+        sha = run.get("git_sha") or "?"
+        commit = sha[:7] + (" (uncommitted changes)" if run.get("git_dirty") else "")
+        if study_sha and sha != study_sha:
+            commit += " (earlier commit)"
+        lines.append(f"| {key} | {'earlier invocation' if run.get('reused') else 'this invocation'} | "
+                     f"{wall / 60:.1f} | {commit} |")
+    lines += ["", f"Wall time: this invocation {total_s / 60:.1f} min; with the training of the runs it reused "
+              f"({reused_s / 60:.1f} min, from their `run_info.json`) the study took "
+              f"{(total_s + reused_s) / 3600:.2f} h in all."]
+    return lines
 
 
 def _provenance_line(p: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,19 @@ from ..provenance import TRAINING_PACKAGES, package_versions
 __all__ = ["git_sha", "plot_training_curve", "versions", "write_run_info"]
 
 
-def git_sha(repo_dir: Path | None = None) -> dict[str, Any]:
-    """Git commit of the code (None when not a repository or no commit yet) and whether the tree is dirty."""
-    repo_dir = repo_dir or Path(__file__).resolve().parents[2]
+def git_sha(repo_dir: Path | None = None, exclude: Sequence[Path] = ()) -> dict[str, Any]:
+    """Git commit of the code (None when not a repository or no commit yet) and whether the tree is dirty.
+
+    ``exclude``: folders whose changes do not make the tree dirty (a study's own output folder inside the
+    repository: the tables it is about to rewrite are not a change to the code that makes them)."""
+    repo_dir = (repo_dir or Path(__file__).resolve().parents[2]).resolve()
+    inside = [Path(p).resolve() for p in exclude if Path(p).resolve().is_relative_to(repo_dir)]
+    pathspec = ["--", "."] + [f":(exclude){p.relative_to(repo_dir).as_posix()}" for p in inside] if inside else []
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
                              timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo_dir, capture_output=True, text=True,
-                                timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", *pathspec], cwd=repo_dir, capture_output=True,
+                                text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
     return {"sha": sha.stdout.strip() if sha.returncode == 0 else None,
