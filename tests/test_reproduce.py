@@ -214,6 +214,8 @@ def test_paper_dry_run_composes_every_run_and_writes_nothing(tmp_path, capsys):
     for arch in ("unet", "attention_unet", "segresnet", "unetr", "swin_unetr", "nnunet"):
         (row,) = [r for r in rows if r.startswith(f"| segmentation/{arch}/0 ")]
         assert "| cuda | 1000 x 250 = 250000 |" in row and "| 128x96x96 | True | merged |" in row, row
+        if arch == "nnunet":  # its own trainer: no wall-clock cap or patience, whatever trainer.max_minutes says
+            assert row.endswith("| none (nnunet runs epochs x iterations) |"), row
     assert sum(r.startswith("| segmentation/nnunet/loso:site") for r in rows) == 7  # siteA-G, never siteH/siteI
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 

@@ -146,6 +146,11 @@ def test_windows_per_network_call_do_not_change_probabilities():
     assert InfererSettings((16, 16, 16)).sw_batch_size == 2
     for out in outputs[1:]:
         np.testing.assert_allclose(out, outputs[0], atol=1e-5)
+    # the library path refuses what a composed config refuses (with_inferer.py, model cards edited by hand)
+    for bad, allowed in (({"sw_batch_size": 0}, "integer >= 1"), ({"sw_batch_size": 2.5}, "integer >= 1"),
+                         ({"overlap": 1.0}, r"\[0, 1\)"), ({"sigma_scale": 0.0}, "> 0")):
+        with pytest.raises(ValueError, match=f"inferer.{next(iter(bad))}=.*allowed: .*{allowed}"):
+            InfererSettings((16, 16, 16), **bad)
 
 
 def test_patch_sampler_shapes_and_foreground(toy_manifest):

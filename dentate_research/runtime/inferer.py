@@ -29,7 +29,7 @@ from monai.inferers import sliding_window_inference
 
 from ..data.geometry import largest_component
 from ..data.labels import LATERAL, swap_left_right_channels
-from ..schema import BlendMode, InfererConfig, TTAPolicy
+from ..schema import TRAIN_SETTING_RANGES, BlendMode, InfererConfig, TTAPolicy
 
 TTA_POLICIES = TTAPolicy.words()
 BLEND_MODES = BlendMode.words()
@@ -53,8 +53,10 @@ class InfererSettings:
             raise ValueError(f"inferer.tta '{self.tta}' unknown; allowed: {list(TTA_POLICIES)}")
         if self.mode not in BLEND_MODES:
             raise ValueError(f"inferer.mode '{self.mode}' unknown; allowed: {list(BLEND_MODES)}")
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"inferer.overlap must be in [0, 1), got {self.overlap}")
+        for name in ("overlap", "sigma_scale", "sw_batch_size"):  # the ranges a composed config is checked against
+            ok, allowed = TRAIN_SETTING_RANGES[f"inferer.{name}"]
+            if not ok(getattr(self, name)):
+                raise ValueError(f"inferer.{name}={getattr(self, name)!r} is not allowed; allowed: {allowed}")
         self.roi_size = tuple(int(r) for r in self.roi_size)  # type: ignore[assignment]
 
     @classmethod

@@ -201,7 +201,9 @@ class StudyRunner:
         manifest (read as a table) or from the phantom preset's site list. Returns one row per run (key, device,
         budget, patch, mixed precision, label scheme) in training order; a bad setting raises
         :class:`~dentate_research.schema.SettingsError` naming the run."""
+        from ..models.registry import get_arch
         from ..schema import SettingsError, check_train_settings
+        from ..training.backends import get_backend
 
         s = self.s
         if s.manifest is not None:
@@ -226,11 +228,13 @@ class StudyRunner:
                 raise SettingsError(f"run {key}: {exc}") from exc
             t = cfg.trainer
             labels = "cerebellum" if stage == "localization" else str(cfg.stage.label_scheme)
+            backend = get_backend(get_arch(str(cfg.arch.name)).framework)
+            cap = t.max_minutes if backend.stops_early else f"none ({backend.framework} runs epochs x iterations)"
             rows.append({"run": key, "device": str(t.device), "epochs": int(t.epochs),
                          "iterations_per_epoch": int(t.iterations_per_epoch),
                          "iterations": int(t.epochs) * int(t.iterations_per_epoch), "batch_size": int(t.batch_size),
                          "patch_size": "x".join(str(int(v)) for v in cfg.stage.patch_size), "amp": bool(t.amp),
-                         "max_minutes": t.max_minutes, "label_scheme": labels,
+                         "max_minutes": cap, "label_scheme": labels,
                          "run_dir": str(self.run_dir(stage, arch, fold))})
         return rows
 

@@ -17,7 +17,7 @@ from ..schema import compose
 
 def stage_config(manifest: Path | str, stage: str, run_dir: Path | str, spec: dict[str, Any], *,
                  train_ids: list[str], val_ids: list[str], epochs: int, iterations_per_epoch: int, seed: int = 0,
-                 device: str = "cpu", batch_size: int = 2, lr: float | None = None,
+                 device: str = "cpu", batch_size: int | None = None, lr: float | None = None,
                  augmentation: dict[str, Any] | str | None = None, label_scheme: str = "lateral",
                  localizer_run: Path | str | None = None, label_rater: str = "true",
                  trainer: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -49,12 +49,13 @@ def stage_config(manifest: Path | str, stage: str, run_dir: Path | str, spec: di
         "trainer.iterations_per_epoch": iterations_per_epoch,
         "trainer.val_every": epochs,
         "trainer.val_iterations": 1,
-        "trainer.batch_size": batch_size,
         "trainer.foreground_prob": 0.5,
         "trainer.device": device,
         "paths.run_dir": str(run_dir),
         "paths.runs_dir": str(Path(run_dir).parent),
     }
+    if batch_size is not None:  # None: the schema's default (trainer.batch_size)
+        values["trainer.batch_size"] = batch_size
     if lr is not None:
         values["trainer.optimizer.lr"] = lr
     if stage == "segmentation" and localizer_run is not None:

@@ -72,10 +72,13 @@ class TrainingBackend(Protocol):
     Attributes:
         framework: the registry's framework name (``ArchSpec.framework``, ``ModelCard.framework``).
         supports_fine_tuning: ``init_from`` (start from a trained model's weights) is available.
+        stops_early: ``trainer.patience`` and ``trainer.max_minutes`` can end training before ``epochs x
+            iterations_per_epoch`` (False: that budget is the whole story).
     """
 
     framework: str
     supports_fine_tuning: bool
+    stops_early: bool
 
     def check_config(self, cfg: DictConfig) -> None:
         """Reject settings this framework cannot run (DataError naming the key), before any process group or data."""

@@ -18,6 +18,7 @@ class MonaiBackend:
 
     framework = "monai"
     supports_fine_tuning = True
+    stops_early = True
 
     def check_config(self, cfg: DictConfig) -> None:
         """Every trainer setting is supported (CPU or CUDA, one or several processes)."""

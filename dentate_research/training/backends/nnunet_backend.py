@@ -38,6 +38,7 @@ class NnUNetBackend:
 
     framework = "nnunet"
     supports_fine_tuning = False  # nnU-Net users: nnUNetv2_train -pretrained_weights
+    stops_early = False  # nnU-Net's trainer runs its epochs; patience/max_minutes unused
 
     def check_config(self, cfg: DictConfig) -> None:
         """Several processes need CUDA: nnU-Net's own multi-GPU training (DDP) asserts it."""
