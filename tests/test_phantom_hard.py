@@ -303,3 +303,17 @@ def test_rater_disagreement_grows_where_contrast_is_low():
         disagreement[contrast] = float(np.mean(values))
     assert disagreement[0.03] > disagreement[0.15] + 0.03
     assert disagreement[0.03] < 0.6  # bounded: still tracing the same nucleus
+
+
+def test_hard_cut_preset_cuts_the_nuclei_and_changes_nothing_else():
+    """``hard_cut`` (training data for partial coverage): the hard cases with every slab's inferior edge within
+    -8..+3 mm of the DN centre, so each scan loses part of the cerebellum and of a DN (2 mm grid for speed)."""
+    cut = PRESETS["hard_cut"].hard
+    assert replace(cut, partial_coverage_override=None, coverage_cut_mm=HardCaseParams().coverage_cut_mm) == \
+        HardCaseParams()
+    preset = replace(PRESETS["hard_tiny"], hard=cut)
+    for site in ("siteA", "siteB"):
+        site_index = SITES.index(site)
+        meta = simulate_case(site_index, 0, SITE_PROFILES[site], preset, 5, _group(site_index, 0))["hard_meta"]
+        assert meta["hard_partial_coverage"] == 1
+        assert meta["hard_cerebellum_coverage"] < 0.8 and 0.05 < meta["hard_dn_coverage"] < 1.0, meta

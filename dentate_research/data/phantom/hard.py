@@ -1,11 +1,12 @@
 """Hard cases of real QSM: the effects that make DN segmentation fail, as seeded per-subject / per-site draws.
 
-Every effect is OFF in the presets ``tiny``, ``small``, ``cpu`` and ``paper`` (``Preset.hard is None``: their
-arrays are bit-identical to the generator before this module existed) and ON in ``hard`` (1 mm, like ``cpu``) and
-``hard_tiny`` (2 mm, like ``tiny``, for tests). A case's draws come from their own generator
-``default_rng([seed, site index, subject index, 7001])`` (:func:`draw_case`), so they are deterministic and do not
-shift the easy presets' random streams. The drawn values are written to the manifest (``hard_*`` columns of
-:data:`META_KEYS`), so a study can bin scans by them (``reproduce`` study ``failure_modes``, table T7).
+Every effect is OFF in the presets ``tiny``, ``small``, ``cpu`` and ``paper`` (``Preset.hard is None``: their arrays
+are bit-identical to the generator before this module existed) and ON in ``hard`` (1 mm, like ``cpu``),
+``hard_tiny`` (2 mm, like ``tiny``, for tests) and ``hard_cut`` (``hard`` with every slab cutting near the DN). A
+case's draws come from their own generator ``default_rng([seed, site index, subject index, 7001])``
+(:func:`draw_case`), so they are deterministic and do not shift the easy presets' random streams. The drawn values
+are written to the manifest (``hard_*`` columns of :data:`META_KEYS`), so a study can bin scans by them
+(``reproduce`` study ``failure_modes``, table T7).
 
 Effects, their source and their distribution (``HardCaseParams`` holds the global numbers, ``HARD_SITE_EFFECTS``
 the per-site ones):
