@@ -48,6 +48,9 @@ class ArchSpec:
     builder: Callable[..., torch.nn.Module] | None = None
     fixed_patch_size: bool = False  # True when the network is built for exactly one input size (UNETR)
     min_bottleneck_voxels: int = 1  # voxels at patch / divisor; instance norm there needs > 1 (SwinUNETR)
+    # bf16 autocast on CPU trains it correctly (False: SwinUNETR, whose gradients turn inf/NaN within ~10 AdamW steps
+    # under CPU bf16 autocast, MONAI 1.6 / torch 2.13; it then trains in float32 on CPU, at the same speed)
+    cpu_bf16_safe: bool = True
 
     @property
     def default_kwargs(self) -> dict[str, Any]:
@@ -125,7 +128,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "swin_unetr": ArchSpec(
         "swin_unetr", "monai", "MONAI SwinUNETR (Swin transformer encoder; MONAI 1.6, no img_size)",
         divisor=lambda kw: 32, optimizer=OptimizerSpec("AdamW", 1e-4, 1e-5), builder=_build_swin_unetr,
-        min_bottleneck_voxels=2),
+        min_bottleneck_voxels=2, cpu_bf16_safe=False),
     "nnunet": ArchSpec(
         "nnunet", "nnunet",
         "nnU-Net v2 (self-configuring plain conv U-Net from dynamic_network_architectures, trained by nnunetv2)",

@@ -32,11 +32,16 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-def amp_usable(amp: bool, device: torch.device, who: str) -> bool:
-    """``trainer.amp`` as ``device`` can honour it: on a CPU without native bf16 a warning and False (``who`` trains
-    in float32 there), else ``amp``."""
+def amp_usable(amp: bool, device: torch.device, who: str, cpu_bf16_safe: bool = True) -> bool:
+    """``trainer.amp`` as ``device`` can honour it: on a CPU without native bf16, or for a network whose training
+    breaks under bf16 autocast on CPU (``cpu_bf16_safe=False``, :attr:`~dentate_research.models.registry.ArchSpec.
+    cpu_bf16_safe`), a warning and False (``who`` trains in float32 there), else ``amp``."""
     if amp and device.type == "cpu" and not cpu_bf16_supported():
         log.warning(f"trainer.amp=true: this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 autocast is "
                     f"slower than float32; {who} trains in float32")
+        return False
+    if amp and device.type == "cpu" and not cpu_bf16_safe:
+        log.warning(f"trainer.amp=true: bf16 autocast on CPU makes {who}'s gradients non-finite within a few steps; "
+                    f"it trains in float32 on CPU (mixed precision stays on for CUDA)")
         return False
     return bool(amp)

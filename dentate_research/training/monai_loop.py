@@ -42,6 +42,11 @@ from .validation import selection_score, stage_metrics
 log = logging.getLogger(__name__)
 
 LR_SCHEDULES = LRSchedule.words()
+MAX_NONFINITE_STEPS_IN_A_ROW = 5  # then the run fails (TrainingDivergedError) instead of training on nothing
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradients stayed non-finite: the run fails rather than save a network of NaNs."""
 
 
 def make_optimizer(params: Any, arch: str, s: TrainerSettings) -> torch.optim.Optimizer:
@@ -115,7 +120,7 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
     optimizer = make_optimizer(network.parameters(), arch, loop)
     scheduler = make_scheduler(optimizer, loop)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    use_amp = amp_usable(loop.amp, device, "the network")
+    use_amp = amp_usable(loop.amp, device, arch, cpu_bf16_safe=get_arch(arch).cpu_bf16_safe)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
     accumulate = int(loop.accumulate_grad_batches)
@@ -154,6 +159,7 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
         return postprocess_labels(np.argmax(probs, axis=0).astype(np.uint8), postprocess)
 
     iteration = start_epoch * loop.iterations_per_epoch
+    skipped, skipped_in_a_row = 0, 0  # updates skipped for a non-finite loss or gradient (metrics: skipped_steps)
     t_run = time.perf_counter()
     stop_reason, epochs_run = "budget", start_epoch
 
@@ -188,23 +194,38 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
                 step_loss += float(loss.detach()) / accumulate
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            if loop.grad_clip:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), float(loop.grad_clip))
+            # total gradient norm (clipped to trainer.grad_clip when set); DDP: the same averaged gradient on every
+            # rank, so every rank takes the same skip decision
+            grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(),
+                                                       float(loop.grad_clip) if loop.grad_clip else math.inf)
             if scaler is not None:
-                scaler.step(optimizer)
+                scaler.step(optimizer)  # fp16 on CUDA: the scaler itself skips steps with inf gradients
                 scaler.update()
-            else:
+            elif math.isfinite(step_loss) and bool(torch.isfinite(grad_norm)):
                 optimizer.step()
+                skipped_in_a_row = 0
+            else:  # a non-finite loss or gradient: skip the update rather than write NaN into the weights
+                skipped += 1
+                skipped_in_a_row += 1
+                if skipped_in_a_row >= MAX_NONFINITE_STEPS_IN_A_ROW:
+                    raise TrainingDivergedError(
+                        f"{arch}: loss {step_loss} / gradient norm {float(grad_norm)} not finite in "
+                        f"{skipped_in_a_row} steps in a row (iteration {iteration + 1}, "
+                        f"{'bf16 autocast' if use_amp else 'float32'}, lr {optimizer.param_groups[0]['lr']:.2g}); "
+                        "lower trainer.optimizer.lr, set trainer.grad_clip, or train with trainer.amp=false")
             scheduler.step()
             iteration += 1
             losses.append(step_loss)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        train_loss = dist.mean(float(np.mean(losses)))  # the mean over every rank's patches
+        finite_losses = [v for v in losses if math.isfinite(v)]
+        train_loss = dist.mean(float(np.mean(finite_losses)) if finite_losses else math.nan)  # every rank's patches
         stop_code = 0  # decided by rank 0, broadcast: 0 go on, 1 wall-clock budget, 2 plateau
         if main:
             row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "train_loss": train_loss,
                                    "lr": float(optimizer.param_groups[0]["lr"]),
-                                   "epoch_time_s": time.perf_counter() - t0}
+                                   "epoch_time_s": time.perf_counter() - t0, "skipped_steps": skipped}
+            if skipped:
+                log.warning("%s: %d update(s) skipped so far for a non-finite loss or gradient", arch, skipped)
             out_of_time = loop.max_minutes is not None and wall() >= 60.0 * float(loop.max_minutes)
             is_last = epoch + 1 == loop.epochs or out_of_time
             if val_samples and ((epoch + 1) % max(1, loop.val_every) == 0 or is_last):
