@@ -300,8 +300,8 @@ def test_study_wall_time_counts_reused_runs_once(tmp_path):
 
 
 def test_git_state_ignores_the_study_output_folder(tmp_path):
-    """A study writing its tables into the repository does not make its own provenance say "uncommitted"; a
-    change to anything else still does."""
+    """A study writing its tables into the repository (its output folder, or anything under experiments/) does not
+    make its own or its training runs' provenance say "uncommitted"; a change to anything else still does."""
     import subprocess
 
     from dentate_research.training.artifacts import git_sha
@@ -319,8 +319,11 @@ def test_git_state_ignores_the_study_output_folder(tmp_path):
     assert git_sha(tmp_path)["dirty"] is False
     (tmp_path / "experiments" / "cpu" / "T3.md").write_text("new\n")
     (tmp_path / "experiments" / "cpu" / "T4.md").write_text("new\n")
+    assert git_sha(tmp_path)["dirty"] is False  # experiments/ holds results: never a code change
+    (tmp_path / "results_elsewhere").mkdir()
+    (tmp_path / "results_elsewhere" / "T3.md").write_text("new\n")
     assert git_sha(tmp_path)["dirty"] is True
-    clean = git_sha(tmp_path, exclude=[tmp_path / "experiments" / "cpu", Path("/somewhere/else")])
+    clean = git_sha(tmp_path, exclude=[tmp_path / "results_elsewhere", Path("/somewhere/else")])
     assert clean["dirty"] is False and len(clean["sha"]) == 40
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert git_sha(tmp_path, exclude=[tmp_path / "experiments" / "cpu"])["dirty"] is True
+    assert git_sha(tmp_path, exclude=[tmp_path / "results_elsewhere"])["dirty"] is True

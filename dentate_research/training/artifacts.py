@@ -29,16 +29,21 @@ from ..data.atomic import write_figure_atomic, write_text_atomic
 from ..model_contract import json_default
 from ..provenance import TRAINING_PACKAGES, package_versions
 
-__all__ = ["git_sha", "plot_training_curve", "versions", "write_run_info"]
+RESULTS_DIR = "experiments"  # committed study tables: results, not code (git_sha ignores their changes)
+
+__all__ = ["RESULTS_DIR", "git_sha", "plot_training_curve", "versions", "write_run_info"]
 
 
 def git_sha(repo_dir: Path | None = None, exclude: Sequence[Path] = ()) -> dict[str, Any]:
     """Git commit of the code (None when not a repository or no commit yet) and whether the tree is dirty.
 
     ``exclude``: folders whose changes do not make the tree dirty (a study's own output folder inside the
-    repository: the tables it is about to rewrite are not a change to the code that makes them)."""
+    repository: the tables it is about to rewrite are not a change to the code that makes them). The repository's
+    results folder (:data:`RESULTS_DIR`, ``experiments/``) is always excluded: a run trained while a study rewrites
+    its tables was still made by committed code."""
     repo_dir = (repo_dir or Path(__file__).resolve().parents[2]).resolve()
-    inside = [Path(p).resolve() for p in exclude if Path(p).resolve().is_relative_to(repo_dir)]
+    candidates = [repo_dir / RESULTS_DIR, *exclude]
+    inside = [Path(p).resolve() for p in candidates if Path(p).resolve().is_relative_to(repo_dir)]
     pathspec = ["--", "."] + [f":(exclude){p.relative_to(repo_dir).as_posix()}" for p in inside] if inside else []
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
