@@ -48,8 +48,9 @@ class ArchSpec:
     builder: Callable[..., torch.nn.Module] | None = None
     fixed_patch_size: bool = False  # True when the network is built for exactly one input size (UNETR)
     min_bottleneck_voxels: int = 1  # voxels at patch / divisor; instance norm there needs > 1 (SwinUNETR)
-    # bf16 autocast on CPU trains it correctly (False: SwinUNETR, whose gradients turn inf/NaN within ~10 AdamW steps
-    # under CPU bf16 autocast, MONAI 1.6 / torch 2.13; it then trains in float32 on CPU, at the same speed)
+    # bf16 autocast on CPU trains it correctly (False: SwinUNETR, whose loss or gradients turn inf/NaN within ~15
+    # AdamW steps under CPU bf16 autocast, MONAI 1.6 / torch 2.13, benchmarks/bench_bf16_stability.py; it then trains
+    # in float32 on CPU, at about the same speed)
     cpu_bf16_safe: bool = True
 
     @property

@@ -42,8 +42,8 @@ def git_sha(repo_dir: Path | None = None, exclude: Sequence[Path] = ()) -> dict[
     results folder (:data:`RESULTS_DIR`, ``experiments/``) is always excluded: a run trained while a study rewrites
     its tables was still made by committed code."""
     repo_dir = (repo_dir or Path(__file__).resolve().parents[2]).resolve()
-    candidates = [repo_dir / RESULTS_DIR, *exclude]
-    inside = [Path(p).resolve() for p in candidates if Path(p).resolve().is_relative_to(repo_dir)]
+    resolved = [Path(p).resolve() for p in (repo_dir / RESULTS_DIR, *exclude)]
+    inside = [p for p in resolved if p.is_relative_to(repo_dir)]
     pathspec = ["--", "."] + [f":(exclude){p.relative_to(repo_dir).as_posix()}" for p in inside] if inside else []
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,

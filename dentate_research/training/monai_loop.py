@@ -194,10 +194,13 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
                 step_loss += float(loss.detach()) / accumulate
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            # total gradient norm (clipped to trainer.grad_clip when set); DDP: the same averaged gradient on every
-            # rank, so every rank takes the same skip decision
-            grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(),
-                                                       float(loop.grad_clip) if loop.grad_clip else math.inf)
+            # total gradient norm, then clipped to trainer.grad_clip when set (what clip_grad_norm_ does, without
+            # rescaling every gradient by 1 when no clip is set); DDP: the same averaged gradient on every rank, so
+            # every rank takes the same skip decision
+            params = [q for q in network.parameters() if q.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm([q.grad for q in params])
+            if loop.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(params, float(loop.grad_clip), grad_norm)
             if scaler is not None:
                 scaler.step(optimizer)  # fp16 on CUDA: the scaler itself skips steps with inf gradients
                 scaler.update()
