@@ -24,6 +24,11 @@ benchmark).
 decay to zero (``--refine-lr``, ``--refine-epochs`` x 50 iterations) on the same data and split, the localizer
 copied unchanged: the first run stops on its plateau with the learning rate still at ~45 % of its start.
 
+``--segmenter-arch NAME`` trains another registered architecture as the segmenter (its keyword arguments from
+``configs/arch/NAME.yaml``, or ``--segmenter-kwargs JSON``), same spacing and patch as ``DEFAULT_SEGMENTER``;
+``--localizer-from MODEL`` copies a trained two-step model's localizer (e.g. the shipped one, trained on the same
+union and split) instead of training one, so that candidate segmenters are compared on the same crops.
+
 Writes ``OUT/union_manifest.tsv``, ``OUT/split.json`` (train / validation case IDs), ``OUT/refined_from/`` (with
 ``--refine-from``: the continued model's learning curve, card and history, copied when training starts),
 ``OUT/localization/`` and
@@ -135,6 +140,12 @@ def main() -> int:
     parser.add_argument("--float32", action="store_true", help="train in float32 with the default memory format "
                         "(trainer.amp=false, trainer.channels_last=false) instead of the schema's bf16 + channels_last")
     parser.add_argument("--batch-size", type=int, default=None, help="trainer.batch_size (default: the schema's)")
+    parser.add_argument("--segmenter-arch", default=None,
+                        help="a registered architecture for the segmenter (default: DEFAULT_SEGMENTER's)")
+    parser.add_argument("--segmenter-kwargs", default=None,
+                        help="JSON keyword arguments of --segmenter-arch (default: configs/arch/NAME.yaml)")
+    parser.add_argument("--localizer-from", type=Path, default=None,
+                        help="a two-step model folder whose localizer is copied instead of trained")
     parser.add_argument("--refine-lr", type=float, default=4e-4)
     parser.add_argument("--refine-epochs", type=int, default=20)
     args = parser.parse_args()
@@ -151,6 +162,20 @@ def main() -> int:
     from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER
 
     torch.set_num_threads(args.threads)
+    segmenter = dict(DEFAULT_SEGMENTER)
+    if args.segmenter_arch is not None:
+        from dentate_research.models.registry import get_arch, validate_patch_size
+
+        try:
+            kwargs = (json.loads(args.segmenter_kwargs) if args.segmenter_kwargs
+                      else get_arch(args.segmenter_arch).default_kwargs)
+            validate_patch_size(args.segmenter_arch, segmenter["patch_size"], kwargs)
+        except (KeyError, ValueError) as err:
+            raise SystemExit(f"--segmenter-arch {args.segmenter_arch} / --segmenter-kwargs "
+                             f"{args.segmenter_kwargs}: {err}") from None
+        segmenter.update(arch=args.segmenter_arch, arch_kwargs=kwargs)
+    if args.localizer_from is not None and args.refine_from is not None:
+        raise SystemExit("--localizer-from and --refine-from both give the localizer: use one")
     args.out.mkdir(parents=True, exist_ok=True)
     fold = load_split(args.splits, args.fold)
     manifest = args.out / "union_manifest.tsv"
@@ -178,10 +203,18 @@ def main() -> int:
             shutil.copytree(args.refine_from / "localization", args.out / "localization")
         snapshot_source(args.refine_from, args.out / SNAPSHOT)
         args.stages = ["segmentation"]
+    if args.localizer_from is not None:
+        if not (args.localizer_from / "localization" / "model.json").is_file():
+            raise SystemExit(f"--localizer-from {args.localizer_from}: no localization/model.json there")
+        if not (args.out / "localization").exists():
+            shutil.copytree(args.localizer_from / "localization", args.out / "localization")
+        log["localization"] = {"copied_from": str(args.localizer_from),
+                               "commit": git_commit_of(args.localizer_from / "localization")}
+        args.stages = [s for s in args.stages if s != "localization"]
     for stage in args.stages:
         is_seg = stage == "segmentation"
         refine = is_seg and args.refine_from is not None
-        cfg = stage_config(manifest, stage, args.out / stage, DEFAULT_SEGMENTER if is_seg else DEFAULT_LOCALIZER,
+        cfg = stage_config(manifest, stage, args.out / stage, segmenter if is_seg else DEFAULT_LOCALIZER,
                            train_ids=train, val_ids=val, epochs=args.refine_epochs if refine else 60,
                            iterations_per_epoch=50, lr=args.refine_lr if refine else None,
                            augmentation=args.augmentation, label_scheme="merged" if is_seg else "lateral",
@@ -203,6 +236,7 @@ def main() -> int:
                       "augmentation": args.augmentation, "amp": cfg["trainer"]["amp"],
                       "channels_last": cfg["trainer"]["channels_last"],
                       "batch_size": cfg["trainer"].get("batch_size"), "extra_train": extra,
+                      **({"arch": segmenter["arch"], "arch_kwargs": segmenter["arch_kwargs"]} if is_seg else {}),
                       **({"refined_from": str(args.refine_from), "lr": args.refine_lr,
                           "epochs": args.refine_epochs} if refine else {})}
         log_path.write_text(json.dumps(log, indent=1))
