@@ -26,8 +26,9 @@ copied unchanged: the first run stops on its plateau with the learning rate stil
 
 ``--segmenter-arch NAME`` trains another registered architecture as the segmenter (its keyword arguments from
 ``configs/arch/NAME.yaml``, or ``--segmenter-kwargs JSON``), same spacing and patch as ``DEFAULT_SEGMENTER``;
-``--localizer-from MODEL`` copies a trained two-step model's localizer (e.g. the shipped one, trained on the same
-union and split) instead of training one, so that candidate segmenters are compared on the same crops.
+``--refine-from`` keeps the refined segmenter's architecture. ``--localizer-from MODEL`` copies a trained two-step
+model's localizer (e.g. the shipped one, trained on the same union and split) instead of training one, so that
+candidate segmenters are compared on the same crops.
 
 Writes ``OUT/union_manifest.tsv``, ``OUT/split.json`` (train / validation case IDs), ``OUT/refined_from/`` (with
 ``--refine-from``: the continued model's learning curve, card and history, copied when training starts),
@@ -174,6 +175,9 @@ def main() -> int:
             raise SystemExit(f"--segmenter-arch {args.segmenter_arch} / --segmenter-kwargs "
                              f"{args.segmenter_kwargs}: {err}") from None
         segmenter.update(arch=args.segmenter_arch, arch_kwargs=kwargs)
+    elif args.refine_from is not None:  # continue the refined model's own architecture
+        card = json.loads((args.refine_from / "segmentation" / "model.json").read_text())
+        segmenter.update(arch=card["arch"], arch_kwargs=card["arch_kwargs"], patch_size=card["patch_size"])
     if args.localizer_from is not None and args.refine_from is not None:
         raise SystemExit("--localizer-from and --refine-from both give the localizer: use one")
     args.out.mkdir(parents=True, exist_ok=True)
