@@ -28,6 +28,7 @@ from dentate_research.training.datasets import PatchSampler
 from dentate_research.training.preprocessing import StageSample, prepare_samples, stage_classes
 from dentate_research.training.stage_config import stage_config
 from dentate_research.training.toy_data import make_toy_case
+from dentate_research.training.validation import PlateauTracker
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,22 @@ def test_localizer_source_requires_a_localization_run(toy, tmp_path):
     cfg["stage"]["crop"]["source"] = "localizer"
     with pytest.raises(Exception, match="localizer_run"):
         train_stage(cfg)
+
+
+def test_plateau_tracker_keeps_its_reference_until_a_real_gain():
+    """A curve rising 0.003 per validation with min_delta 0.005 is progressing (every second validation beats the
+    last progress by 0.006); following every small gain would have stopped it after two validations (the bug that
+    stopped an Attention U-Net at 1800 iterations, 0.013 above its score 8 validations earlier). A flat or falling
+    curve still stops after ``patience`` validations, and a small gain is not progress."""
+    rising = PlateauTracker(min_delta=0.005)
+    for k in range(20):
+        rising.update(0.80 + 0.003 * k)
+        assert not rising.plateaued(2), k
+    flat = PlateauTracker(min_delta=0.005)
+    assert [flat.update(score) for score in (0.80, 0.804, 0.79, 0.8049)] == [True, False, False, False]
+    assert flat.plateaued(3) and not flat.plateaued(4) and not flat.plateaued(None)
+    assert flat.reference == 0.80
+    assert flat.update(0.806) and flat.since_progress == 0 and flat.reference == 0.806
 
 
 def test_early_stopping_on_plateau_and_timestamps(toy, tmp_path):

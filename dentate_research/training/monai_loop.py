@@ -37,7 +37,7 @@ from .datasets import PatchSampler
 from .distributed import shard_seed
 from .loggers import RunLogger
 from .preprocessing import StageSample
-from .validation import selection_score, stage_metrics
+from .validation import PlateauTracker, selection_score, stage_metrics
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
     samplers = [first] + [first.spawn(s, Augmenter(augmentation, lateralized_labels=lateralized, seed=s))
                           for s in stream_seeds[1:]]
 
-    start_epoch, best_score, best_metrics, wall_offset, since_best = 0, -math.inf, {}, 0.0, 0
+    start_epoch, best_score, best_metrics, wall_offset = 0, -math.inf, {}, 0.0
+    plateau_tracker = PlateauTracker(float(loop.min_delta))
     last = ckpt_dir / "last.pt"
     if loop.resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
@@ -141,7 +142,10 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_score = int(state["epoch"]) + 1, float(state["best_score"])
         best_metrics = state.get("best_metrics", {})
-        wall_offset, since_best = float(state.get("wall_time_s", 0.0)), int(state.get("since_best", 0))
+        wall_offset = float(state.get("wall_time_s", 0.0))
+        # a checkpoint written before the tracker had its own reference resumes from the best score
+        plateau_tracker = PlateauTracker(float(loop.min_delta), float(state.get("plateau_reference", best_score)),
+                                         int(state.get("since_best", 0)))
         for sampler, stream_seed in zip(samplers, stream_seeds, strict=True):
             sampler.rng = np.random.default_rng([stream_seed, start_epoch])
         if logger is not None:
@@ -239,10 +243,7 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
                 row["val_time_s"] = time.perf_counter() - t_val
                 score = selection_score(stage, metrics)
                 row["val_score"] = score
-                if score > best_score + float(loop.min_delta) or best_score == -math.inf:
-                    since_best = 0
-                else:
-                    since_best += 1
+                plateau_tracker.update(score)
                 if score > best_score:
                     best_score, best_metrics = score, {k: v for k, v in metrics.items() if k != "per_case"}
                     best_metrics.update({"epoch": epoch + 1, "iteration": iteration, "wall_time_s": wall()})
@@ -255,8 +256,9 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
                 logger.log(row)
             _save(last, model=network.state_dict(), optimizer=optimizer.state_dict(),
                   scheduler=scheduler.state_dict(), epoch=epoch, best_score=best_score, best_metrics=best_metrics,
-                  wall_time_s=wall(), since_best=since_best)
-            plateau = loop.patience is not None and since_best >= int(loop.patience)
+                  wall_time_s=wall(), since_best=plateau_tracker.since_progress,
+                  plateau_reference=plateau_tracker.reference)
+            plateau = plateau_tracker.plateaued(loop.patience)
             stop_code = 1 if out_of_time else (2 if plateau else 0)
         stop_code = int(dist.broadcast_object(stop_code))  # every rank stops after the same epoch
         epochs_run = epoch + 1

@@ -92,3 +92,31 @@ def selection_score(stage: str, metrics: dict[str, object]) -> float:
     if stage == "segmentation":
         return float(metrics["val_dice_mean"])  # type: ignore[arg-type]
     return float(metrics["val_dice_cerebellum"]) + float(metrics["val_bbox_recall"])  # type: ignore[arg-type]
+
+
+class PlateauTracker:
+    """Early stopping on the validation plateau, as Keras and Lightning define it.
+
+    A validation counts as progress when its selection score beats the score of the last validation that counted as
+    progress by more than ``min_delta`` (the first always counts); the run has plateaued after ``patience``
+    validations in a row without progress. The reference does NOT follow every small gain: a curve that rises by
+    less than ``min_delta`` per validation but more than ``min_delta`` over a few of them is still progressing.
+    """
+
+    def __init__(self, min_delta: float, reference: float = -float("inf"), since_progress: int = 0) -> None:
+        self.min_delta = float(min_delta)
+        self.reference = float(reference)
+        self.since_progress = int(since_progress)
+
+    def update(self, score: float) -> bool:
+        """Record one validation score; True when it counted as progress."""
+        progress = self.reference == -float("inf") or score > self.reference + self.min_delta
+        if progress:
+            self.reference, self.since_progress = float(score), 0
+        else:
+            self.since_progress += 1
+        return progress
+
+    def plateaued(self, patience: int | None) -> bool:
+        """True after ``patience`` validations without progress (never when ``patience`` is None)."""
+        return patience is not None and self.since_progress >= int(patience)
