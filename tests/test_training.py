@@ -153,6 +153,31 @@ def test_windows_per_network_call_do_not_change_probabilities():
             InfererSettings((16, 16, 16), **bad)
 
 
+def test_bf16_precision_and_channels_last_at_inference():
+    """``inferer.precision=bf16`` runs a real MONAI Attention U-Net's forward under bf16 autocast: probabilities
+    float32, within bf16 rounding of the float32 pass but not identical (the setting is really applied);
+    channels_last_3d weights (what MonaiStageModel loads) give the float32 probabilities unchanged. An unknown
+    precision is refused with the allowed values, and the setting survives a card round trip."""
+    from monai.networks.nets import AttentionUnet
+
+    torch.manual_seed(0)
+    net = AttentionUnet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2)).eval()
+    image = np.random.default_rng(2).normal(size=(40, 24, 24)).astype(np.float32)
+    reference = predict_probabilities(net, image, InfererSettings((16, 16, 16)))
+    bf16 = predict_probabilities(net, image, InfererSettings((16, 16, 16), precision="bf16"))
+    assert bf16.dtype == np.float32 and bf16.shape == reference.shape
+    difference = float(np.abs(bf16 - reference).max())
+    assert 0 < difference < 0.05, difference
+    net.to(memory_format=torch.channels_last_3d)
+    np.testing.assert_allclose(predict_probabilities(net, image, InfererSettings((16, 16, 16))), reference,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match=r"inferer.precision 'fp8' unknown; allowed: \['float32', 'bf16'\]"):
+        InfererSettings((16, 16, 16), precision="fp8")
+    settings = InfererSettings((16, 16, 16), precision="bf16", tta="lr_swap")
+    assert InfererSettings.from_dict(settings.to_dict(), (16, 16, 16)) == settings
+    assert InfererSettings.from_dict({}, (16, 16, 16)).precision == "float32"  # cards written before the setting
+
+
 def test_patch_sampler_shapes_and_foreground(toy_manifest):
     cases = read_manifest(toy_manifest)[:2]
     samples = prepare_samples(cases, "segmentation", spacing_mm=2.0, normalization={"scheme": "zscore_nonzero"},

@@ -29,9 +29,10 @@ from monai.inferers import sliding_window_inference
 
 from ..data.geometry import largest_component
 from ..data.labels import LATERAL, swap_left_right_channels
-from ..schema import TRAIN_SETTING_RANGES, BlendMode, InfererConfig, TTAPolicy
+from ..schema import TRAIN_SETTING_RANGES, BlendMode, InferencePrecision, InfererConfig, TTAPolicy
 
 TTA_POLICIES = TTAPolicy.words()
+PRECISIONS = InferencePrecision.words()
 BLEND_MODES = BlendMode.words()
 ProbsT = TypeVar("ProbsT", np.ndarray, torch.Tensor)
 
@@ -47,8 +48,11 @@ class InfererSettings:
     sigma_scale: float = InfererConfig.sigma_scale
     sw_batch_size: int = InfererConfig.sw_batch_size
     tta: str = InfererConfig.tta
+    precision: str = InfererConfig.precision
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"inferer.precision '{self.precision}' unknown; allowed: {list(PRECISIONS)}")
         if self.tta not in TTA_POLICIES:
             raise ValueError(f"inferer.tta '{self.tta}' unknown; allowed: {list(TTA_POLICIES)}")
         if self.mode not in BLEND_MODES:
@@ -61,12 +65,13 @@ class InfererSettings:
 
     @classmethod
     def from_dict(cls, d: dict, roi_size: Sequence[int]) -> InfererSettings:
-        keys = ("overlap", "mode", "sigma_scale", "sw_batch_size", "tta")
+        keys = ("overlap", "mode", "sigma_scale", "sw_batch_size", "tta", "precision")
         return cls(roi_size=tuple(roi_size), **{k: d[k] for k in keys if k in d})  # type: ignore[arg-type]
 
     def to_dict(self) -> dict:
         return {"roi_size": list(self.roi_size), "overlap": self.overlap, "mode": self.mode,
-                "sigma_scale": self.sigma_scale, "sw_batch_size": self.sw_batch_size, "tta": self.tta}
+                "sigma_scale": self.sigma_scale, "sw_batch_size": self.sw_batch_size, "tta": self.tta,
+                "precision": self.precision}
 
 
 def tta_flip_sets(policy: str, lr_axis: int) -> list[tuple[int, ...]]:
@@ -111,6 +116,20 @@ def tta_average(predict_flipped: Callable[[tuple[int, ...]], ProbsT], policy: st
     return total / len(flips)  # type: ignore[operator]
 
 
+class _Bf16Forward(torch.nn.Module):
+    """A network's forward under bf16 autocast, logits back in float32 (``inferer.precision=bf16``): the
+    sliding-window blending, softmax and TTA averaging stay float32."""
+
+    def __init__(self, inner: torch.nn.Module, device_type: str):
+        super().__init__()
+        self.inner, self.device_type = inner, device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.inner(x)
+        return out[0].float() if isinstance(out, (tuple, list)) else out.float()
+
+
 @torch.no_grad()
 def predict_probabilities(network: torch.nn.Module, image: np.ndarray, settings: InfererSettings,
                           device: torch.device | str = "cpu", lr_axis: int = 0, lateralized: bool = True,
@@ -123,8 +142,12 @@ def predict_probabilities(network: torch.nn.Module, image: np.ndarray, settings:
         settings: window size (voxels), overlap, blending and TTA policy.
         lr_axis: array axis of world left-right (0 in canonical RAS).
         lateralized: channels 1/2 are left/right DN (swap them for left-right flipped passes).
+        amp: autocast on CUDA (float16; training's ``trainer.amp``); ``settings.precision == "bf16"`` autocasts the
+            network in bf16 on any device. Softmax and blending run in float32 either way.
     """
     device = torch.device(device)
+    if settings.precision == "bf16":
+        network = _Bf16Forward(network, device.type)
     network.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
 
