@@ -38,6 +38,11 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
                                     {"batch_size": 4, "foreground_prob": 0.9, "patience": 8}, "default", "merged"),
     "p48_b4_fg09_robust_patience8": ({"patch_size": [48, 48, 48]},
                                      {"batch_size": 4, "foreground_prob": 0.9, "patience": 8}, "robust", "merged"),
+    # the default model's segmenter became an Attention U-Net (validation 0.889 vs the U-Net's 0.851 on the union)
+    # (an "arch" without "arch_kwargs" takes its kwargs from configs/arch/<arch>.yaml)
+    "attention_p48_b4_fg09_no_dr_patience8": ({"arch": "attention_unet", "patch_size": [48, 48, 48]},
+                                              {"batch_size": 4, "foreground_prob": 0.9, "patience": 8}, "default",
+                                              "merged"),
     "fg09": ({}, {"foreground_prob": 0.9}, "domain_randomization", "merged"),
     "lr3e-3": ({}, {"optimizer": {"name": None, "lr": 3e-3, "weight_decay": None, "momentum": None}},
                "domain_randomization", "merged"),
@@ -60,6 +65,7 @@ def main() -> int:
     from dentate_research.cli.demo import DEMO_EPOCHS, DEMO_ITERATIONS, DEMO_TRAINER, demo_split
     from dentate_research.data.manifest import read_manifest
     from dentate_research.data.phantom import generate_dataset
+    from dentate_research.models.registry import get_arch
     from dentate_research.training import train_stage
     from dentate_research.training.stage_config import stage_config
     from dentate_research.training.two_step import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER
@@ -82,7 +88,10 @@ def main() -> int:
         run_dir = args.work / f"seg_{name}"
         if not (run_dir / "model.json").exists():
             t0 = time.perf_counter()
-            cfg = stage_config(manifest, "segmentation", run_dir, {**DEFAULT_SEGMENTER, **spec_delta},
+            spec = {**DEFAULT_SEGMENTER, **spec_delta}
+            if "arch" in spec_delta and "arch_kwargs" not in spec_delta:
+                spec["arch_kwargs"] = get_arch(spec_delta["arch"]).default_kwargs
+            cfg = stage_config(manifest, "segmentation", run_dir, spec,
                                augmentation=augmentation, label_scheme=scheme, localizer_run=loc_dir,
                                trainer={**DEMO_TRAINER, "max_minutes": 0.8 * args.minutes, **trainer_delta},
                                **common)

@@ -14,6 +14,7 @@ learning_curve.png and the fine-tuned run into ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -93,8 +94,9 @@ def main() -> int:
 
     before = dice_table(loc, seg, test, args.rater, "before")
     run_dir = args.out / "finetuned_segmentation"
+    arch = json.loads((seg / "model.json").read_text())["arch"]  # +arch must name the weights' architecture
     cfg = compose_train_config([
-        "experiment=finetune", "+arch=unet", f"init_from={seg}", "stage=segmentation", "data=manifest",
+        "experiment=finetune", f"+arch={arch}", f"init_from={seg}", "stage=segmentation", "data=manifest",
         f"data.manifest={manifest}", f"data.label_rater={args.rater}", "split=explicit",
         f"split.train=[{','.join(train)}]", f"split.val=[{','.join(val)}]", f"paths.run_dir={run_dir}",
         f"trainer.max_minutes={args.minutes}", "trainer.device=cpu",

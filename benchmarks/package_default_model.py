@@ -65,6 +65,24 @@ def segmenter_log(model: Path) -> dict:
     return json.loads(log.read_text()).get("segmentation", {}) if log.is_file() else {}
 
 
+def localizer_origin(model: Path) -> str:
+    """Where the localizer came from when ``train_default_model.py --localizer-from`` copied it instead of training
+    one (looked up through the ``--refine-from`` snapshots), as card text; empty for a localizer trained here."""
+    from train_default_model import SNAPSHOT
+
+    current = model
+    for _ in range(10):  # a chain of refinements; 10 guards a cycle
+        log_file = current / "training_log.json"
+        entry = json.loads(log_file.read_text()).get("localization", {}) if log_file.is_file() else {}
+        if entry.get("copied_from"):
+            commit = f" at commit {entry['commit']}" if entry.get("commit") else ""
+            return f" (trained for an earlier default model, copied unchanged from `{entry['copied_from']}`{commit})"
+        if entry or not (current / SNAPSHOT).is_dir():
+            return ""
+        current = current / SNAPSHOT
+    return ""
+
+
 def inferer_changes(model: Path) -> list[dict]:
     """The inference-setting changes made after training (``with_inferer.py``), newest first (each record carries
     the earlier ones under ``earlier``); empty for a model as trained."""
@@ -122,7 +140,7 @@ def refinement_history(model: Path) -> list[str]:
 
 def inference_text(model: Path, cards: dict[str, dict]) -> list[str]:
     """The inference settings of both stages, and the changes made after training (``with_inferer.py``)."""
-    keys = ("tta", "sw_batch_size", "overlap", "mode")
+    keys = ("tta", "precision", "sw_batch_size", "overlap", "mode")
     shown = {stage: {k: cards[stage]["inferer"].get(k) for k in keys} for stage in ("segmentation", "localization")}
     lines = [f"- inference: segmenter {shown['segmentation']}, localizer {shown['localization']}"]
     for record in inferer_changes(model):
@@ -154,7 +172,7 @@ def card_text(model: Path, bench: Path, candidate: str, command: str) -> str:
              "Synthetic-phantom training data only: a demonstration model, not a clinical one.", "",
              "## Training data", "", training_data(seg_card, config), "", "## Recipe", "",
              f"- localizer: {loc_card['arch']} {loc_card['arch_kwargs']}, {loc_card['target_spacing_mm']} mm, patch "
-             f"{loc_card['patch_size']}; {stop_text(loc)}",
+             f"{loc_card['patch_size']}; {stop_text(loc)}{localizer_origin(model)}",
              f"- segmenter: {seg_card['arch']} {seg_card['arch_kwargs']}, {seg_card['target_spacing_mm']} mm, patch "
              f"{seg_card['patch_size']}, classes {seg_card['classes']} (label scheme "
              f"`{config['stage']['label_scheme']}`; left/right decided per connected component from world geometry), "
