@@ -177,9 +177,22 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# the signal whose Interrupted the handler raised: Python swallows an exception raised while a finalizer or weakref
+# callback runs ("Exception ignored in ..."), so the batch also checks this after every finished input
+_pending_signal: list[int] = []
+
+
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     _set_handlers(signal.SIG_IGN)  # a second Ctrl-C / SIGTERM must not break the clean-up the first one starts
+    _pending_signal.append(signum)
     raise Interrupted(signum)
+
+
+def _on_case(outcome: Any) -> None:
+    """After each finished input: its line, then the interruption again if the handler's exception was swallowed."""
+    _print_outcome(outcome)
+    if _pending_signal:
+        raise Interrupted(_pending_signal[0])
 
 
 def _set_handlers(handler: Any) -> dict[int, Any]:
@@ -235,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted before any input was processed; nothing was written", file=sys.stderr)
         _remove_if_created_empty(out, created)
         return EXIT_SIGINT
+    _pending_signal.clear()
     previous = _set_handlers(_raise_interrupted)
     try:
         return _run_batch(args, inputs, states, predictor)
@@ -280,7 +294,7 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
     try:
         result = segment_batch(predictor, inputs, args.output, resume=args.resume, overwrite=args.overwrite,
                                overlay=not args.no_overlay, states=states, bids_out=bids_out,
-                               participants=getattr(args, "participants", None), on_case=_print_outcome)
+                               participants=getattr(args, "participants", None), on_case=_on_case)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         outcomes = getattr(exc, "outcomes", [])
