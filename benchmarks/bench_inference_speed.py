@@ -3,10 +3,11 @@
 The segmentation network of a two-step model (default: the shipped default model) runs ``predict_probabilities``
 on the real crops of a few scans (cut by the model's own localizer, resampled and normalized exactly as
 ``segment`` does), each variant interleaved with the others over ``--rounds`` rounds so that load drifts hit all of
-them alike. Variants: float32 (the reference, 1.00), channels_last_3d memory format, bf16 autocast,
-``sw_batch_size`` 2 / 4, less window overlap, larger windows (roi 96^3 / 128^3), and the same with the left-right TTA pass (``tta=lr_swap``, two passes). Reports seconds
-per scan (median over rounds), the ratio to float32 and the largest probability difference to float32 (so a faster
-variant that changes the output shows it). The load average is printed before and after.
+them alike. Variants: float32 in the default memory layout (the reference, 1.00; each variant starts from that
+layout, whatever the loader chose), channels_last_3d memory format, bf16 autocast, ``sw_batch_size`` 2 / 4, less
+window overlap, larger windows (roi 96^3 / 128^3), and the same with the left-right TTA pass (``tta=lr_swap``, two
+passes). Reports seconds per scan (median over rounds), the ratio to float32 and the largest probability difference
+to float32 (so a faster variant that changes the output shows it). The load average is printed before and after.
 
     python benchmarks/bench_inference_speed.py --model dentate_research/assets/default_model --images \\
         work_data/data_cpu_seed0/siteA/siteA_sub003_qsm.nii.gz work_data/data_hard_seed0/siteC/siteC_sub004_qsm.nii.gz
@@ -59,7 +60,7 @@ def main() -> int:
           f"load average before {os.getloadavg()[0]:.2f}", flush=True)
 
     base = segmenter.settings
-    network = segmenter.network
+    network = segmenter.network.to(memory_format=torch.contiguous_format)  # the loader stores channels_last_3d
     variants = {
         "float32": (base, False, False),
         "channels_last_3d": (base, True, False),
