@@ -156,8 +156,9 @@ def test_windows_per_network_call_do_not_change_probabilities():
 def test_bf16_precision_and_channels_last_at_inference():
     """``inferer.precision=bf16`` runs a real MONAI Attention U-Net's forward under bf16 autocast: probabilities
     float32, within bf16 rounding of the float32 pass but not identical (the setting is really applied);
-    channels_last_3d weights (what MonaiStageModel loads) give the float32 probabilities unchanged. An unknown
-    precision is refused with the allowed values, and the setting survives a card round trip."""
+    a CPU without native bf16 runs the float32 forward; channels_last_3d weights (what MonaiStageModel loads) give
+    the float32 probabilities unchanged. An unknown precision is refused with the allowed values, and the setting
+    survives a card round trip."""
     from monai.networks.nets import AttentionUnet
 
     torch.manual_seed(0)
@@ -168,6 +169,10 @@ def test_bf16_precision_and_channels_last_at_inference():
     assert bf16.dtype == np.float32 and bf16.shape == reference.shape
     difference = float(np.abs(bf16 - reference).max())
     assert 0 < difference < 0.05, difference
+    with pytest.MonkeyPatch.context() as patch:  # a CPU without native bf16 runs the float32 forward
+        patch.setattr("dentate_research.runtime.inferer.cpu_bf16_supported", lambda: False)
+        np.testing.assert_array_equal(
+            predict_probabilities(net, image, InfererSettings((16, 16, 16), precision="bf16")), reference)
     net.to(memory_format=torch.channels_last_3d)
     np.testing.assert_allclose(predict_probabilities(net, image, InfererSettings((16, 16, 16))), reference,
                                atol=1e-5)

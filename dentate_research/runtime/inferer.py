@@ -30,6 +30,7 @@ from monai.inferers import sliding_window_inference
 from ..data.geometry import largest_component
 from ..data.labels import LATERAL, swap_left_right_channels
 from ..schema import TRAIN_SETTING_RANGES, BlendMode, InferencePrecision, InfererConfig, TTAPolicy
+from .device import cpu_bf16_supported
 
 TTA_POLICIES = TTAPolicy.words()
 PRECISIONS = InferencePrecision.words()
@@ -143,10 +144,13 @@ def predict_probabilities(network: torch.nn.Module, image: np.ndarray, settings:
         lr_axis: array axis of world left-right (0 in canonical RAS).
         lateralized: channels 1/2 are left/right DN (swap them for left-right flipped passes).
         amp: autocast on CUDA (float16; training's ``trainer.amp``); ``settings.precision == "bf16"`` autocasts the
-            network in bf16 on any device. Softmax and blending run in float32 either way.
+            network in bf16 on CUDA and on CPUs with native bf16 (float32 on other CPUs). Softmax and blending run in
+            float32 either way.
     """
     device = torch.device(device)
-    if settings.precision == "bf16":
+    # bf16 where it is fast: CUDA, or a CPU with native bf16 (AVX512-BF16 / AMX); elsewhere oneDNN emulates it,
+    # slower than float32, so such a CPU runs the float32 forward (probabilities within ~0.04 of each other)
+    if settings.precision == "bf16" and (device.type != "cpu" or cpu_bf16_supported()):
         network = _Bf16Forward(network, device.type)
     network.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
