@@ -304,6 +304,10 @@ def _run_batch(args: argparse.Namespace, inputs: list[Path], states: dict[str, s
               f"{done} input(s) finished, {len(inputs) - len(outcomes)} not; no partial output is left under a final "
               f"name; rerun with --resume to finish the batch", file=sys.stderr)
         return 128 + int(signum)
+    if _pending_signal:  # swallowed after the last input (while the tables or the report were written)
+        print(f"interrupted ({signal.Signals(_pending_signal[0]).name}) after the last input; every input finished; "
+              "rerun with --resume to rebuild the tables and the report", file=sys.stderr)
+        return 128 + int(_pending_signal[0])
     if result.bids_table is not None:
         print(f"BIDS derivatives: {bids_out}/ (group table {result.bids_table})", file=sys.stderr)
     if result.report_paths:
