@@ -408,8 +408,7 @@ class InfererConfig:
     ``precision``: ``float32``, or ``bf16`` = the network's forward under bf16 autocast (on CPUs with native bf16
     0.34x the float32 time of an Attention U-Net pass with channels_last, probabilities within ~0.04;
     ``benchmarks/bench_inference_speed.py``; a CPU without native bf16 runs float32, where bf16 would be slower);
-    softmax and blending stay float32. On CUDA ``trainer.amp`` also
-    autocasts validation in float16 as before."""
+    softmax and blending stay float32. On CUDA ``trainer.amp`` also autocasts validation in float16 as before."""
 
     overlap: float = 0.5
     mode: BlendMode = BlendMode.gaussian
