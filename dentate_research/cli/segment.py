@@ -31,6 +31,7 @@ import contextlib
 import math
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,18 @@ def _raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def _quiet_swallowed_interrupt(previous: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that drops the handler's own Interrupted when Python swallowed it inside a finalizer
+    (its "Exception ignored ... Traceback" would read as a crash; ``_pending_signal`` raises it again after the
+    next finished input) and passes everything else to ``previous``."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous(unraisable)
+
+    return hook
+
+
 def _on_case(outcome: Any) -> None:
     """After each finished input: its line, then the interruption again if the handler's exception was swallowed."""
     _print_outcome(outcome)
@@ -250,9 +263,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_SIGINT
     _pending_signal.clear()
     previous = _set_handlers(_raise_interrupted)
+    previous_unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_swallowed_interrupt(previous_unraisable_hook)
     try:
         return _run_batch(args, inputs, states, predictor)
     finally:
+        sys.unraisablehook = previous_unraisable_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
