@@ -68,6 +68,7 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         per_case.to_csv(args.out, index=False)
     table = per_case.pivot_table(index="candidate", columns=["data", "side"], values="dice", aggfunc="mean")
+    table.columns = [f"{data} {side}" for data, side in table.columns]  # flat: the summary columns join them
     table["failures (Dice < 0.5)"] = per_case.assign(f=per_case["dice"].fillna(0) < 0.5).groupby("candidate")["f"].sum()
     table["mean of all"] = per_case.groupby("candidate")["dice"].mean()
     print(f"fold {args.fold} validation scans, reference {args.reference}, load average {os.getloadavg()[0]:.2f}")

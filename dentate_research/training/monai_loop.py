@@ -266,7 +266,7 @@ def train_monai(job: TrainingJob, logger: RunLogger | None) -> dict[str, Any]:
             stop_reason = "time_budget" if stop_code == 1 else "plateau"
             if main:
                 log.info("%s: stopping after epoch %d/%d (%d iterations, %.0f s): %s", arch, epoch + 1, loop.epochs,
-                         iteration, wall(), f"wall-clock budget of {loop.max_minutes} min reached" if stop_code == 1
+                         iteration, wall(), f"wall-clock budget of {loop.max_minutes:g} min reached" if stop_code == 1
                          else f"no validation gain > {loop.min_delta} in {loop.patience} validations")
             break
     weight_diff = dist.max_weight_diff(network)  # 0.0: the ranks ended with identical weights
