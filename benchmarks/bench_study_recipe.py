@@ -12,7 +12,7 @@ and external test sets are never read, so a recipe chosen here does not tune on 
         --variant study= --variant fullres='arch.kwargs.channels=[16,32,64,128,256]','arch.kwargs.strides=[1,2,2,2]'
 
 ``--variant NAME=OVERRIDE,OVERRIDE`` (an empty list = the study's run as configured). ``--data-dir`` reuses phantoms
-already generated with the study's preset and seed (checked against the manifest's case count). Writes
+already generated with the study's preset and seed (its dataset_summary.json must say so). Writes
 WORK/recipes/convergence.csv (one row per validation), WORK/recipes/summary.csv and WORK/recipes/convergence.png.
 """
 
@@ -65,6 +65,12 @@ def make_runner(args: argparse.Namespace):
                                 f"out_root={args.work / 'study_out'}", *args.study_override])
     settings = settings_from_config(cfg, command="benchmarks/bench_study_recipe.py")
     if args.data_dir is not None:
+        summary_file = args.data_dir / "dataset_summary.json"
+        made = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        made_as = ((made.get("preset") or {}).get("name"), made.get("seed"))
+        if made_as != (settings.data.preset, settings.data.seed):
+            raise SystemExit(f"error: --data-dir {args.data_dir}: {summary_file.name} says preset/seed {made_as}; "
+                             f"the study '{settings.name}' uses ({settings.data.preset!r}, {settings.data.seed})")
         target = settings.work_dir / f"data_{settings.data.preset}_seed{settings.data.seed}"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
