@@ -80,6 +80,16 @@ def run_recipe(name: str, args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def validation_curve(run_dir: Path, recipe: str) -> pd.DataFrame:
+    """One row per validation of a run's metrics.csv (the final re-validation of the selected checkpoint left out):
+    recipe, epoch, iteration, wall_time_s, val_dice_left, val_dice_right."""
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    phase = metrics["phase"].fillna("") if "phase" in metrics else pd.Series("", index=metrics.index)
+    val = metrics[metrics["val_dice_left"].notna() & (phase != "final")].copy()
+    val["recipe"] = recipe
+    return val[["recipe", "epoch", "iteration", "wall_time_s", "val_dice_left", "val_dice_right"]]
+
+
 def pipeline_dice(run_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     """Two-step Dice (mean over the fold's validation scans) with the shared localizer, against the truth."""
     from dentate_research.data.io import load_image, load_label
@@ -148,11 +158,7 @@ def main() -> int:
     for name in args.recipes:
         load_before = os.getloadavg()[0]
         run_dir = run_recipe(name, args)
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        val = metrics[metrics["val_dice_left"].notna() & (metrics.get("phase", pd.Series(dtype=str)).fillna("")
-                                                          != "final")].copy()
-        val["recipe"] = name
-        curves.append(val[["recipe", "epoch", "iteration", "wall_time_s", "val_dice_left", "val_dice_right"]])
+        curves.append(validation_curve(run_dir, name))
         info = json.loads((run_dir / "run_info.json").read_text())
         s = info.get("training_summary", {})
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_convergence import plot  # noqa: E402
+from bench_convergence import plot, validation_curve  # noqa: E402
 
 from dentate_research.cli.reproduce import compose_train_config, settings_from_config  # noqa: E402
 
@@ -117,11 +117,8 @@ def main() -> int:
             print(f"[recipe] {name}: trained in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         else:
             print(f"[recipe] {name}: reusing {run_dir}", flush=True)
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        phase = metrics["phase"].fillna("") if "phase" in metrics else pd.Series("", index=metrics.index)
-        val = metrics[metrics["val_dice_left"].notna() & (phase != "final")].copy()
-        val["recipe"] = name
-        curves.append(val[["recipe", "epoch", "iteration", "wall_time_s", "val_dice_left", "val_dice_right"]])
+        val = validation_curve(run_dir, name)
+        curves.append(val)
         info = json.loads((run_dir / "run_info.json").read_text())
         s = info.get("training_summary", {})
         best = s.get("best") or {}
