@@ -476,6 +476,9 @@ class StudyDataSettings:
     seed: int = 0
     manifest: str | None = None  # users' own manifest (real data); overrides the preset
     n_jobs: int = 1  # processes generating phantoms
+    # subjects per site (>= 1); null = the preset's own count. Subjects are generated from (seed, site, subject
+    # index), so a larger cohort keeps the smaller one's subjects and adds new ones
+    n_subjects_per_site: int | None = None
 
 
 @dataclass

@@ -327,3 +327,78 @@ def test_git_state_ignores_the_study_output_folder(tmp_path):
     assert clean["dirty"] is False and len(clean["sha"]) == 40
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_sha(tmp_path, exclude=[tmp_path / "results_elsewhere"])["dirty"] is True
+
+
+def _smoke_runner(tmp_path, *overrides):
+    from dentate_research.cli.reproduce import compose_train_config, settings_from_config
+    from dentate_research.schema import compose
+    from dentate_research.studies.runner import StudyRunner
+
+    cfg = compose("reproduce/reproduce", [f"out_root={tmp_path / 'out'}", f"work_root={tmp_path / 'work'}",
+                                          *overrides])
+    runner = StudyRunner(settings_from_config(cfg), compose_train_config)
+    runner.manifest = tmp_path / "work" / "smoke" / "data" / "manifest.tsv"
+    runner.split_file = tmp_path / "out" / "smoke" / "splits" / "splits.json"
+    return runner
+
+
+def test_a_finished_run_is_reused_only_with_the_settings_it_was_trained_with(tmp_path):
+    """Resuming a study reuses a finished run whose saved config.yaml matches what this invocation composes (a moved
+    work folder still matches); a run trained with another budget or network is refused, naming the settings."""
+    from omegaconf import OmegaConf
+
+    from dentate_research.studies.runner import StaleRunError
+
+    runner = _smoke_runner(tmp_path)
+    stage, arch, fold = "segmentation", "unet", "0"
+    assert runner.reusable(stage, arch, fold) is False  # nothing there yet
+    run_dir = runner.run_dir(stage, arch, fold)
+    run_dir.mkdir(parents=True)
+    saved = OmegaConf.to_container(runner.compose(runner.train_overrides(
+        stage, arch, fold, runner.crop_localizer_run(stage, fold))), resolve=True)
+    saved["data"]["manifest"] = "/elsewhere/manifest.tsv"  # the work folder was moved: not a change
+    saved["paths"]["run_dir"] = "/elsewhere/run"
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    assert runner.reusable(stage, arch, fold) is False  # not finished: trained again
+    (run_dir / "model.json").write_text("{}")
+    (run_dir / "run_info.json").write_text("{}")
+    assert runner.reusable(stage, arch, fold) is True
+
+    saved["trainer"]["max_minutes"] = 8.0
+    saved["arch"]["kwargs"]["channels"] = [16, 32]
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    with pytest.raises(StaleRunError) as err:
+        runner.reusable(stage, arch, fold)
+    message = str(err.value)
+    assert "run segmentation/unet/0" in message and str(run_dir) in message and "reuse_runs=false" in message
+    assert "trainer.max_minutes: 8.0 -> " in message and "arch.kwargs.channels: [16, 32] -> " in message
+    runner.s.reuse_runs = False
+    assert runner.reusable(stage, arch, fold) is False
+
+
+def test_study_cohort_size_is_a_setting_with_its_own_data_folder(tmp_path, monkeypatch, capsys):
+    """data.n_subjects_per_site generates another cohort in its own folder (never mixed with the preset's own);
+    a value below 1 is refused when the config is composed."""
+    import dentate_research.data.phantom as phantom
+    from dentate_research.cli.reproduce import run_hydra
+
+    runner = _smoke_runner(tmp_path, "data.n_subjects_per_site=4")
+    assert runner.s.phantom_data_dir.name == "data_tiny_seed0_n4"
+    assert _smoke_runner(tmp_path).s.phantom_data_dir.name == "data_tiny_seed0"
+
+    calls = []
+
+    def fake_generate(folder, **kwargs):
+        calls.append((Path(folder), kwargs))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(phantom, "generate_dataset", fake_generate)
+    with pytest.raises(RuntimeError, match="stop here"):
+        runner.prepare_data()
+    assert calls == [(runner.s.phantom_data_dir, {"preset": "tiny", "seed": 0, "n_jobs": 1,
+                                                  "n_subjects_per_site": 4})]
+
+    rc = run_hydra([f"out_root={tmp_path}", f"work_root={tmp_path}", "data.n_subjects_per_site=0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "data.n_subjects_per_site=0 is not allowed; allowed: an integer >= 1" in err, err

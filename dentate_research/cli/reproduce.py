@@ -109,6 +109,7 @@ def run_hydra(argv: list[str]) -> int:
         return print_plan(settings)
     print(OmegaConf.to_yaml(cfg))
     from dentate_research.studies import run_studies
+    from dentate_research.studies.runner import StaleRunError
     from dentate_research.training.launch import JobsFailedError
 
     try:
@@ -116,6 +117,9 @@ def run_hydra(argv: list[str]) -> int:
     except JobsFailedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except StaleRunError as exc:  # nothing trained or written over: the user chooses
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(written)} tables to {settings.out_dir}:")
     for study, path in written.items():
         print(f"  {study:<14} {path}")

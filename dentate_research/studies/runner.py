@@ -24,7 +24,8 @@ in :mod:`~dentate_research.studies.paper`. :class:`StudyRunner` is what the tabl
 splits, the training runs (trained or reused), and the inference and evaluation of one case.
 
 Every training run is a real :func:`dentate_research.training.train_stage` call; completed runs in the work
-folder are reused (their ``model.json`` proves completion) so that a study can be resumed.
+folder are reused (their ``model.json`` proves completion) so that a study can be resumed, provided their saved
+``config.yaml`` matches what the invocation composes (:meth:`StudyRunner.reusable`, :func:`settings_changed`).
 
 Fan-out (``reproduce ... hydra/launcher=slurm|submitit_local``): with a
 :class:`~dentate_research.training.launch.JobLauncher`, :meth:`StudyRunner.launch_runs` first lists every training
@@ -41,7 +42,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,14 @@ class StudyRunner:
             manifest = s.manifest
             data_desc = f"manifest {manifest}"
         else:
-            manifest = s.work_dir / f"data_{s.data.preset}_seed{s.data.seed}" / "manifest.tsv"
+            manifest = s.phantom_data_dir / "manifest.tsv"
             if not manifest.exists():
                 from ..data.phantom import generate_dataset
 
                 manifest = generate_dataset(manifest.parent, preset=str(s.data.preset), seed=s.data.seed,
-                                            n_jobs=s.data.n_jobs)
-            data_desc = f"synthetic QSM phantoms, preset '{s.data.preset}', seed {s.data.seed}"
+                                            n_jobs=s.data.n_jobs, n_subjects_per_site=s.data.n_subjects_per_site)
+            cohort = (f", {s.data.n_subjects_per_site} subjects per site" if s.data.n_subjects_per_site else "")
+            data_desc = f"synthetic QSM phantoms, preset '{s.data.preset}', seed {s.data.seed}{cohort}"
         self.manifest = Path(manifest).resolve()
         self.cases = read_manifest(self.manifest)
         self.by_id = {c.case_id: c for c in self.cases}
@@ -121,6 +123,24 @@ class StudyRunner:
     def run_finished(run_dir: Path) -> bool:
         return (run_dir / "model.json").exists() and (run_dir / "run_info.json").exists()
 
+    def reusable(self, stage: str, arch: str, fold: str) -> bool:
+        """True when ``reuse_runs`` is on and the run is finished; a finished run trained with other settings than
+        this invocation would use raises :class:`StaleRunError` naming them, never mixing it into the tables."""
+        run_dir = self.run_dir(stage, arch, fold)
+        if not (self.s.reuse_runs and self.run_finished(run_dir)):
+            return False
+        from omegaconf import OmegaConf
+
+        composed = OmegaConf.to_container(
+            self.compose(self.train_overrides(stage, arch, fold, self.crop_localizer_run(stage, fold))), resolve=True)
+        changed = settings_changed(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")), composed)
+        if changed:
+            shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise StaleRunError(f"run {stage}/{arch}/{fold} in {run_dir} is finished but was trained with other "
+                               f"settings than this invocation's ({shown}): give another work_root, move that "
+                               "run folder away, or set reuse_runs=false to train every run again")
+        return True
+
     def train_overrides(self, stage: str, arch: str, fold: str, localizer_run: Path | None = None) -> list[str]:
         """The ``configs/train.yaml`` overrides of one run (``localizer_run``: the crops' localizer, if any)."""
         s = self.s
@@ -147,7 +167,7 @@ class StudyRunner:
         key = f"{stage}/{arch}/{fold}"
         if self.runs.get(key, {}).get("launcher") or self.runs.get(key, {}).get("reused") is False:
             return run_dir  # trained in this invocation (by a launcher job or here): keep its provenance
-        if s.reuse_runs and self.run_finished(run_dir):
+        if self.reusable(stage, arch, fold):
             self.runs[key] = {"run_dir": str(run_dir), "reused": True}
             return run_dir
         if not s.allow_training:
@@ -214,7 +234,7 @@ class StudyRunner:
 
             if s.data.preset not in PRESETS:
                 raise SettingsError(f"data.preset={s.data.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
-            self.manifest = (s.work_dir / f"data_{s.data.preset}_seed{s.data.seed}" / "manifest.tsv").resolve()
+            self.manifest = (s.phantom_data_dir / "manifest.tsv").resolve()
             sites = list(SITE_PROFILES)  # every preset generates every site
         self.splits = {"development_sites": [x for x in sites if x not in s.splits.external_sites]}
         self.split_file = (s.out_dir / "splits" / "splits.json").resolve()
@@ -258,7 +278,7 @@ class StudyRunner:
             keys, configs = [], []
             for stage, arch, fold in wave:
                 key, run_dir = f"{stage}/{arch}/{fold}", self.run_dir(stage, arch, fold)
-                if s.reuse_runs and self.run_finished(run_dir):
+                if self.reusable(stage, arch, fold):
                     self.runs[key] = {"run_dir": str(run_dir), "reused": True}
                     continue
                 from omegaconf import OmegaConf
@@ -436,6 +456,31 @@ def _provenance_line(p: dict[str, Any]) -> str:
     return provenance_block(p).strip()
 
 
+class StaleRunError(RuntimeError):
+    """A finished run in the work folder was trained with other settings than the invocation would use."""
+
+
+# settings that name where things are, not how a run trains: a moved work folder keeps its runs reusable
+_LOCATION_KEYS = ("paths.", "data.manifest", "data.root", "split.file", "stage.crop.localizer_run", "trainer.resume")
+
+
+def settings_changed(saved: Mapping[str, Any], composed: Mapping[str, Any]) -> list[str]:
+    """``key: saved -> composed`` for every setting of a run's saved ``config.yaml`` that the config composed now
+    gives another value (locations excluded; a key only one of them has is not a change: settings added to the
+    schema later keep older runs reusable)."""
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, Mapping):
+            out: dict[str, Any] = {}
+            for k, v in node.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: node}
+
+    a, b = flat(saved), flat(composed)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
+            if a[k] != b[k] and not k.startswith(_LOCATION_KEYS)]
+
+
 def run_studies(settings: StudySettings, compose_train_cfg: ComposeFn, launcher: Any = None) -> dict[str, Path]:
     """Run the selected studies; returns {study: table path}. ``launcher``: a
     :class:`~dentate_research.training.launch.JobLauncher` to train the runs as jobs (None: in this process).
@@ -445,4 +490,4 @@ def run_studies(settings: StudySettings, compose_train_cfg: ComposeFn, launcher:
     return StudyRunner(settings, compose_train_cfg).run(launcher)
 
 
-__all__ = ["PAPER", "StudyRunner", "StudySettings", "run_studies"]
+__all__ = ["PAPER", "StaleRunError", "StudyRunner", "StudySettings", "run_studies", "settings_changed"]
