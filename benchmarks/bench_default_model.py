@@ -18,7 +18,10 @@ Benches (each scan goes through the same ``DentatePredictor`` as ``segment``; 2 
 No candidate may have seen any of these scans; none of them is used to choose a recipe or a threshold (benchmarks
 are scored, never tuned on). Per candidate, bench and side: mean, SD and worst Dice, lost sides (Dice < 0.5),
 seconds per scan (read + localize + crop + segment + post-process + QC; mean and max), and the QC confusion table
-(``flagged`` / ``ok`` vs a scan with a lost side / all sides >= 0.5). Writes ``OUT/per_case.csv``,
+(``flagged`` / ``ok`` vs a scan with a lost side / all sides >= 0.5). On the phantom benches the second rater is
+scored like a candidate (``rater2``: its tracing against the same references; no timing, no QC): the agreement
+a human reaches on those scans, the ceiling against which the candidates' Dice vs rater1 reads. Writes
+``OUT/per_case.csv``,
 ``OUT/summary.csv``, ``OUT/qc_confusion.csv``, ``OUT/summary.md`` and ``OUT/dice_by_bench.png``.
 
     python benchmarks/bench_default_model.py --candidate shipped=default \\
@@ -60,6 +63,7 @@ class BenchScan:
     image: Path
     labels: dict[str, Path]
     meta: dict[str, object] = field(default_factory=dict)
+    second_rater: Path | None = None  # another rater's tracing (phantoms): scored as the `rater2` row
 
 
 def phantom_scans(bench: str, manifest: Path, case_ids: list[str]) -> list[BenchScan]:
@@ -68,7 +72,8 @@ def phantom_scans(bench: str, manifest: Path, case_ids: list[str]) -> list[Bench
 
     by_id = {c.case_id: c for c in read_manifest(manifest)}
     return [BenchScan(bench, i, by_id[i].image, {r: by_id[i].label(r) for r in ("true", "rater1")},
-                      {"site": by_id[i].site, "voxel_size": by_id[i].meta.get("voxel_size")}) for i in case_ids]
+                      {"site": by_id[i].site, "voxel_size": by_id[i].meta.get("voxel_size")},
+                      by_id[i].label("rater2") if "rater2" in by_id[i].labels else None) for i in case_ids]
 
 
 def ellipsoid_scans(out_dir: Path, seeds: int = 4) -> list[BenchScan]:
@@ -138,6 +143,31 @@ def score(name: str, model_dir: str, scans: list[BenchScan], threads: int = 2) -
     return pd.DataFrame(rows)
 
 
+SECOND_RATER = "rater2"
+"""The candidate name of the second rater's tracings (:func:`score_second_rater`)."""
+
+
+def score_second_rater(scans: list[BenchScan]) -> pd.DataFrame:
+    """The second rater's tracing of every scan that has one, scored against the scan's references exactly as a
+    candidate's labels are (status ``reference``: not a model, no QC, no timing)."""
+    from dentate_research.data.io import load_image, load_label
+    from dentate_research.evaluation.metrics import evaluate_case
+
+    rows = []
+    for scan in scans:
+        if scan.second_rater is None:
+            continue
+        volume = load_image(scan.image)
+        traced = load_label(scan.second_rater, reference=volume)
+        for reference, path in scan.labels.items():
+            for row in evaluate_case(traced, load_label(path, reference=volume), volume):
+                rows.append({"candidate": SECOND_RATER, "bench": scan.bench, "case": scan.case, **scan.meta,
+                             "reference": reference, "side": row["side"], "dice": row["dice"],
+                             "volume_pred_mm3": row["volume_pred_mm3"], "volume_ref_mm3": row["volume_ref_mm3"],
+                             "status": "reference", "flags": "", "side_evidence": "", "seconds": np.nan})
+    return pd.DataFrame(rows)
+
+
 def primary(per_case: pd.DataFrame) -> pd.DataFrame:
     """Rows against each bench's primary reference (:data:`BENCH_REFERENCE`)."""
     return per_case[per_case["reference"] == per_case["bench"].map(BENCH_REFERENCE)]
@@ -159,7 +189,8 @@ def summarize(per_case: pd.DataFrame) -> pd.DataFrame:
 def qc_confusion(per_case: pd.DataFrame) -> pd.DataFrame:
     """Per candidate and bench: scans by QC outcome (``flagged`` incl. failed / ``ok``) and truth (a lost side or
     not). ``ok_with_lost_side`` is the number that must be 0."""
-    per_scan = primary(per_case).assign(lost=lambda d: d["dice"].fillna(0.0) < LOST_DICE)
+    models = per_case[per_case["status"] != "reference"]  # the second rater is no model: no QC outcome
+    per_scan = primary(models).assign(lost=lambda d: d["dice"].fillna(0.0) < LOST_DICE)
     per_scan = per_scan.groupby(["candidate", "bench", "case"], sort=False).agg(
         lost=("lost", "any"), status=("status", "first")).reset_index()
     per_scan["qc"] = np.where(per_scan["status"] == "ok", "ok", "flagged")
@@ -181,8 +212,9 @@ def tables_markdown(summary: pd.DataFrame, confusion: pd.DataFrame, with_candida
     lines = [f"{head} reference | side | n | Dice mean +/- SD | worst | lost sides (< 0.5) | s/scan mean / max |",
              f"{rule}---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
+        timing = "-" if np.isnan(r.seconds_mean) else f"{r.seconds_mean:.2f} / {r.seconds_max:.2f}"
         lines.append(f"{lead(r)} {r.reference} | {r.side} | {r.n} | {r.mean:.3f} +/- {r.sd:.3f} | {r.worst:.3f} | "
-                     f"{r.lost_sides} | {r.seconds_mean:.2f} / {r.seconds_max:.2f} |")
+                     f"{r.lost_sides} | {timing} |")
     lines += ["", "QC confusion (scans): flagged or failed vs ok, by whether a side was lost (Dice < 0.5).", "",
               f"{head} flagged, lost side | flagged, all good | ok, lost side | ok, all good |",
               f"{rule}---|---|---|---|"]
@@ -261,6 +293,8 @@ def main() -> int:
         name, model_dir = spec.split("=", 1)
         tables.append(score(name, model_dir, scans, args.threads))
     load_after = os.getloadavg()[0]
+    if any(scan.second_rater is not None for scan in scans):
+        tables.append(score_second_rater(scans))
     per_case = pd.concat(tables, ignore_index=True)
     summary, confusion = summarize(per_case), qc_confusion(per_case)
     per_case.to_csv(args.out / "per_case.csv", index=False)

@@ -81,3 +81,41 @@ def test_with_inferer_copies_a_model_with_other_inference_settings(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--model", str(source), "--out", str(tmp_path / "bad"), "--set",
                           "segmentation.tta=sideways"], capture_output=True, text=True)
     assert bad.returncode == 2 and "sideways" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_second_rater_is_scored_like_a_candidate_without_timing_or_qc(tmp_path):
+    """The `rater2` rows (real NIfTI files): the second rater's tracing against the same references, Dice as for a
+    candidate; in the summary without seconds, and never counted in the QC confusion."""
+    import nibabel as nib
+    import numpy as np
+    from bench_default_model import SECOND_RATER, BenchScan, score_second_rater, tables_markdown
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    image = np.zeros((12, 10, 8), np.float32)
+    first = np.zeros(image.shape, np.uint8)
+    first[1:5, 2:6, 2:6] = 1  # left: 64 voxels
+    first[7:11, 2:6, 2:6] = 2  # right: 64 voxels
+    second = first.copy()
+    second[1:3, 2:6, 2:6] = 0  # the second rater traced half of the left nucleus: Dice 2*32/(64+32) = 2/3
+    paths = {}
+    for name, array in (("qsm", image), ("rater1", first), ("true", first), ("rater2", second)):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), paths[name])
+    scans = [BenchScan("heldout_hard", "s1", paths["qsm"], {"true": paths["true"], "rater1": paths["rater1"]},
+                       {"site": "siteI"}, paths["rater2"]),
+             BenchScan("lamina", "l1", paths["qsm"], {"true": paths["true"]})]  # no second rater: no rows
+    table = score_second_rater(scans)
+    assert set(table["candidate"]) == {SECOND_RATER} and set(table["case"]) == {"s1"}
+    dice = table.set_index(["reference", "side"])["dice"]
+    assert dice[("rater1", "left")] == pytest.approx(2 / 3) and dice[("rater1", "right")] == pytest.approx(1.0)
+    assert dice[("true", "left")] == pytest.approx(2 / 3)
+
+    model = pd.DataFrame(rows("m", "heldout_hard", "s1", "ok", {"left": 0.8, "right": 0.3}, 1.2, "rater1"))
+    per_case = pd.concat([model, table], ignore_index=True)
+    summary = summarize(per_case).set_index(["candidate", "side"])
+    assert summary.loc[(SECOND_RATER, "left"), "mean"] == pytest.approx(2 / 3)
+    assert np.isnan(summary.loc[(SECOND_RATER, "left"), "seconds_mean"])
+    confusion = qc_confusion(per_case)
+    assert list(confusion["candidate"]) == ["m"] and confusion.loc[0, "ok_with_lost_side"] == 1
+    text = "\n".join(tables_markdown(summarize(per_case), confusion))
+    assert f"| {SECOND_RATER} | heldout_hard | rater1 | left | 1 | 0.667 +/- nan | 0.667 | 0 | - |" in text
