@@ -344,7 +344,8 @@ def _smoke_runner(tmp_path, *overrides):
 
 def test_a_finished_run_is_reused_only_with_the_settings_it_was_trained_with(tmp_path):
     """Resuming a study reuses a finished run whose saved config.yaml matches what this invocation composes (a moved
-    work folder still matches); a run trained with another budget or network is refused, naming the settings."""
+    work folder still matches) and whose cases are the study's split; a run trained with another budget, network,
+    data folder or cases is refused, naming what differs."""
     from omegaconf import OmegaConf
 
     from dentate_research.studies.runner import StaleRunError
@@ -356,13 +357,30 @@ def test_a_finished_run_is_reused_only_with_the_settings_it_was_trained_with(tmp
     run_dir.mkdir(parents=True)
     saved = OmegaConf.to_container(runner.compose(runner.train_overrides(
         stage, arch, fold, runner.crop_localizer_run(stage, fold))), resolve=True)
-    saved["data"]["manifest"] = "/elsewhere/manifest.tsv"  # the work folder was moved: not a change
+    saved["data"]["manifest"] = "/elsewhere/data/manifest.tsv"  # the work folder was moved: not a change
+    saved["data"]["root"] = "/elsewhere/data"
     saved["paths"]["run_dir"] = "/elsewhere/run"
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
     assert runner.reusable(stage, arch, fold) is False  # not finished: trained again
-    (run_dir / "model.json").write_text("{}")
+    (run_dir / "model.json").write_text(json.dumps({"train_cases": ["a1", "b1"], "val_cases": ["c1"]}))
     (run_dir / "run_info.json").write_text("{}")
+    runner.split_file.parent.mkdir(parents=True)
+    runner.split_file.write_text(json.dumps({"folds": [{"train": ["b1", "a1"], "val": ["c1"]}],
+                                             "internal_test": ["d1"]}))
     assert runner.reusable(stage, arch, fold) is True
+
+    # the same settings on other cases (another split, another cohort): not this study's run
+    runner.split_file.write_text(json.dumps({"folds": [{"train": ["a1", "b1", "e1"], "val": ["c1"]}],
+                                             "internal_test": ["d1"]}))
+    with pytest.raises(StaleRunError, match="train_cases: 2 cases, not the 3 of this study's split of fold 0"):
+        runner.reusable(stage, arch, fold)
+    runner.split_file.write_text(json.dumps({"folds": [{"train": ["a1", "b1"], "val": ["c1"]}],
+                                             "internal_test": ["d1"]}))
+    moved_data = runner.manifest
+    runner.manifest = tmp_path / "work" / "smoke" / "data_tiny_seed0_n4" / "manifest.tsv"  # another cohort's data
+    with pytest.raises(StaleRunError, match="data.manifest: '/elsewhere/data/manifest.tsv' -> "):
+        runner.reusable(stage, arch, fold)
+    runner.manifest = moved_data
 
     saved["trainer"]["max_minutes"] = 8.0
     saved["arch"]["kwargs"]["channels"] = [16, 32]

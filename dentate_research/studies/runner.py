@@ -134,6 +134,13 @@ class StudyRunner:
         composed = OmegaConf.to_container(
             self.compose(self.train_overrides(stage, arch, fold, self.crop_localizer_run(stage, fold))), resolve=True)
         changed = settings_changed(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")), composed)
+        card = json.loads((run_dir / "model.json").read_text())
+        if Path(self.split_file).exists() and "train_cases" in card:  # same settings, other cases: not this study's
+            split = load_split(self.split_file, fold)
+            for part, now in (("train_cases", split.train), ("val_cases", split.val)):
+                if sorted(card.get(part) or []) != sorted(now):
+                    changed.append(f"{part}: {len(card.get(part) or [])} cases, not the {len(now)} of this study's "
+                                   f"split of fold {fold}")
         if changed:
             shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
             raise StaleRunError(f"run {stage}/{arch}/{fold} in {run_dir} is finished but was trained with other "
@@ -461,13 +468,15 @@ class StaleRunError(RuntimeError):
 
 
 # settings that name where things are, not how a run trains: a moved work folder keeps its runs reusable
-_LOCATION_KEYS = ("paths.", "data.manifest", "data.root", "split.file", "stage.crop.localizer_run", "trainer.resume")
+_LOCATION_KEYS = ("paths.", "split.file", "stage.crop.localizer_run", "trainer.resume")
+# the data's location: only its folder and file names count (data_<preset>_seed<seed>[_n<N>]/manifest.tsv)
+_DATA_KEYS = {"data.manifest": 2, "data.root": 1}  # how many trailing path parts name the data
 
 
 def settings_changed(saved: Mapping[str, Any], composed: Mapping[str, Any]) -> list[str]:
     """``key: saved -> composed`` for every setting of a run's saved ``config.yaml`` that the config composed now
-    gives another value (locations excluded; a key only one of them has is not a change: settings added to the
-    schema later keep older runs reusable)."""
+    gives another value (locations excluded, the data's folder and file names compared; a key only one of them has
+    is not a change: settings added to the schema later keep older runs reusable)."""
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(node, Mapping):
             out: dict[str, Any] = {}
@@ -476,9 +485,15 @@ def settings_changed(saved: Mapping[str, Any], composed: Mapping[str, Any]) -> l
             return out
         return {prefix[:-1]: node}
 
+    def same(key: str, x: Any, y: Any) -> bool:
+        if key in _DATA_KEYS and isinstance(x, str) and isinstance(y, str):
+            n = _DATA_KEYS[key]
+            return Path(x).parts[-n:] == Path(y).parts[-n:]
+        return x == y
+
     a, b = flat(saved), flat(composed)
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
-            if a[k] != b[k] and not k.startswith(_LOCATION_KEYS)]
+            if not k.startswith(_LOCATION_KEYS) and not same(k, a[k], b[k])]
 
 
 def run_studies(settings: StudySettings, compose_train_cfg: ComposeFn, launcher: Any = None) -> dict[str, Path]:
