@@ -12,7 +12,7 @@ and external test sets are never read, so a recipe chosen here does not tune on 
         --variant study= --variant fullres='arch.kwargs.channels=[16,32,64,128,256]','arch.kwargs.strides=[1,2,2,2]'
 
 ``--variant NAME=OVERRIDE,OVERRIDE`` (an empty list = the study's run as configured). ``--data-dir`` reuses phantoms
-already generated with the study's preset and seed (its dataset_summary.json must say so). Writes
+already generated with the study's preset, seed and subjects per site (its dataset_summary.json must say so). Writes
 WORK/recipes/convergence.csv (one row per validation), WORK/recipes/summary.csv and WORK/recipes/convergence.png.
 """
 
@@ -56,6 +56,14 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in (o.strip() for o in overrides) if o]
 
 
+def subjects_per_site(settings) -> list[int]:
+    """The study's subjects per site, in SITE_PROFILES order (``data.n_subjects_per_site`` or the preset's)."""
+    from dentate_research.data.phantom import PRESETS, SITE_PROFILES
+
+    counts = settings.data.n_subjects_per_site or PRESETS[settings.data.preset].n_subjects_per_site
+    return [counts] * len(SITE_PROFILES) if isinstance(counts, int) else list(counts)
+
+
 def make_runner(args: argparse.Namespace):
     """A StudyRunner of the experiment whose work folder and tables folder are both inside ``--work``."""
     from dentate_research.schema import compose
@@ -67,11 +75,13 @@ def make_runner(args: argparse.Namespace):
     if args.data_dir is not None:
         summary_file = args.data_dir / "dataset_summary.json"
         made = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        made_as = ((made.get("preset") or {}).get("name"), made.get("seed"))
-        if made_as != (settings.data.preset, settings.data.seed):
-            raise SystemExit(f"error: --data-dir {args.data_dir}: {summary_file.name} says preset/seed {made_as}; "
-                             f"the study '{settings.name}' uses ({settings.data.preset!r}, {settings.data.seed})")
-        target = settings.work_dir / f"data_{settings.data.preset}_seed{settings.data.seed}"
+        made_as = ((made.get("preset") or {}).get("name"), made.get("seed"),
+                   [site.get("n_cases") for site in (made.get("sites") or {}).values()])
+        wanted = (settings.data.preset, settings.data.seed, subjects_per_site(settings))
+        if made_as != wanted:
+            raise SystemExit(f"error: --data-dir {args.data_dir}: {summary_file.name} says preset, seed, subjects "
+                             f"per site {made_as}; the study '{settings.name}' uses {wanted}")
+        target = settings.phantom_data_dir
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(args.data_dir.resolve(), target_is_directory=True)
