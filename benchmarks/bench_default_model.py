@@ -272,6 +272,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         parser.error(f"--out {args.out} is not empty; pass --overwrite to replace its results")
+    args.out.mkdir(parents=True, exist_ok=True)  # before hours of scoring, not after
 
     import json
 
