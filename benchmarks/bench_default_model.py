@@ -108,12 +108,26 @@ def lamina_scans(out_dir: Path, bench: str = "lamina", n_per_site: int = 4) -> l
                       {k: v for k, v in r.items() if k not in ("case", "image", "label")}) for r in rows]
 
 
+def score_rows(candidate: str, scan: BenchScan, labels, volume, **extra: object) -> list[dict]:
+    """One row per reference and side: a label map (a Volume on the scan's grid) scored against each of the scan's
+    references; ``extra`` (status, flags, side_evidence, seconds) is copied into every row."""
+    from dentate_research.data.io import load_label
+    from dentate_research.evaluation.metrics import evaluate_case
+
+    rows = []
+    for reference, path in scan.labels.items():
+        for row in evaluate_case(labels, load_label(path, reference=volume), volume):
+            rows.append({"candidate": candidate, "bench": scan.bench, "case": scan.case, **scan.meta,
+                         "reference": reference, "side": row["side"], "dice": row["dice"],
+                         "volume_pred_mm3": row["volume_pred_mm3"], "volume_ref_mm3": row["volume_ref_mm3"], **extra})
+    return rows
+
+
 def score(name: str, model_dir: str, scans: list[BenchScan], threads: int = 2) -> pd.DataFrame:
     """Segment every scan with one candidate and score each side against each of the scan's references."""
     import torch
 
-    from dentate_research.data.io import Volume, load_image, load_label
-    from dentate_research.evaluation.metrics import evaluate_case
+    from dentate_research.data.io import Volume, load_image
     from dentate_research.inference.pipeline import DentatePredictor, SegmentationError
     from dentate_research.training.finetune import resolve_init_run
 
@@ -131,14 +145,8 @@ def score(name: str, model_dir: str, scans: list[BenchScan], threads: int = 2) -
         except SegmentationError as failure:
             labels, status, flags, evidence = np.zeros(volume.shape, np.uint8), "failed", [failure.reason], "none"
         seconds = time.perf_counter() - t0
-        for reference, path in scan.labels.items():
-            ref = load_label(path, reference=volume)
-            for row in evaluate_case(Volume(labels, volume.affine), ref, volume):
-                rows.append({"candidate": name, "bench": scan.bench, "case": scan.case, **scan.meta,
-                             "reference": reference, "side": row["side"], "dice": row["dice"],
-                             "volume_pred_mm3": row["volume_pred_mm3"], "volume_ref_mm3": row["volume_ref_mm3"],
-                             "status": status, "flags": ";".join(flags), "side_evidence": evidence,
-                             "seconds": round(seconds, 3)})
+        rows += score_rows(name, scan, Volume(labels, volume.affine), volume, status=status, flags=";".join(flags),
+                           side_evidence=evidence, seconds=round(seconds, 3))
         print(f"[bench] {name} {scan.bench} {scan.case}: {status} {seconds:.2f} s", flush=True)
     return pd.DataFrame(rows)
 
@@ -151,20 +159,14 @@ def score_second_rater(scans: list[BenchScan]) -> pd.DataFrame:
     """The second rater's tracing of every scan that has one, scored against the scan's references exactly as a
     candidate's labels are (status ``reference``: not a model, no QC, no timing)."""
     from dentate_research.data.io import load_image, load_label
-    from dentate_research.evaluation.metrics import evaluate_case
 
     rows = []
     for scan in scans:
         if scan.second_rater is None:
             continue
         volume = load_image(scan.image)
-        traced = load_label(scan.second_rater, reference=volume)
-        for reference, path in scan.labels.items():
-            for row in evaluate_case(traced, load_label(path, reference=volume), volume):
-                rows.append({"candidate": SECOND_RATER, "bench": scan.bench, "case": scan.case, **scan.meta,
-                             "reference": reference, "side": row["side"], "dice": row["dice"],
-                             "volume_pred_mm3": row["volume_pred_mm3"], "volume_ref_mm3": row["volume_ref_mm3"],
-                             "status": "reference", "flags": "", "side_evidence": "", "seconds": np.nan})
+        rows += score_rows(SECOND_RATER, scan, load_label(scan.second_rater, reference=volume), volume,
+                           status="reference", flags="", side_evidence="", seconds=np.nan)
     return pd.DataFrame(rows)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..schema import ReproduceConfig, SettingsError, reproduce_config
+from ..schema import ReproduceConfig, SettingsError, _integer, reproduce_config
 from .registry import expand_studies
 
 if TYPE_CHECKING:
@@ -49,10 +49,10 @@ class StudySettings(ReproduceConfig):
         self.studies = expand_studies(self.studies)
         if not self.data.manifest and not self.data.preset:
             raise ValueError("give either data.preset (phantoms) or data.manifest (your own data)")
-        n = self.data.n_subjects_per_site
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise SettingsError(f"data.n_subjects_per_site={n!r} is not allowed; allowed: an integer >= 1 or null "
-                                "(the preset's own count)")
+        n, (ok, allowed) = self.data.n_subjects_per_site, _integer(1, optional=True)
+        if not ok(n):
+            raise SettingsError(f"data.n_subjects_per_site={n!r} is not allowed; allowed: {allowed} (null: the "
+                                "preset's own count)")
         self.out_dir, self.work_dir = Path(self.out_dir), Path(self.work_dir)
 
     @property
